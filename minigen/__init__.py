@@ -1,0 +1,21 @@
+"""minigen: autoregressive generation, one small readable file per paradigm.
+
+Start with notebooks/00_overview.ipynb. The shared parts:
+  minigen.data     datasets (offline MNIST subset, verified downloads, synthetic sets)
+  minigen.nn       the transformer (causal / block-causal / full masks, KV cache) and sampling helpers
+  minigen.train    fit(), checkpoints, pick_device(), seed_everything(), preset()
+  minigen.viz      image grids, loss curves, mask pictures, generation traces
+  minigen.metrics  nats per image, bits per dimension
+"""
+from minigen.data import BinaryPatterns, load_images, make_loader
+from minigen.metrics import bits_per_dim, dataset_nll
+from minigen.nn import Transformer, TransformerConfig, block_causal_mask, causal_mask, full_mask
+from minigen.pixel_ar import PixelGPT, PixelGPTConfig
+from minigen.train import fit, load_model, pick_device, preset, save_checkpoint, seed_everything, train_or_load
+
+__version__ = "0.1.0"
+__all__ = [
+    "BinaryPatterns", "load_images", "make_loader", "bits_per_dim", "dataset_nll", "Transformer",
+    "TransformerConfig", "block_causal_mask", "causal_mask", "full_mask", "PixelGPT", "PixelGPTConfig",
+    "fit", "load_model", "pick_device", "preset", "save_checkpoint", "seed_everything", "train_or_load",
+]

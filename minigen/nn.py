@@ -1,0 +1,334 @@
+"""The one transformer every token paradigm in minigen reuses, plus sampling helpers.
+
+Vaswani et al. 2017 "Attention Is All You Need"; pre-norm blocks as in GPT-2; rotary
+positions from Su et al. 2021 (RoFormer). A paradigm brings its own embeddings and
+output head and chooses a mask: causal (raster GPT), block-causal (VAR scales) or full
+(MaskGIT, MAR). The KV cache supports prefill, append and truncate (speculative rollback).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TransformerConfig:
+    n_layer: int = 4  # number of transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # width of the residual stream
+    max_len: int = 256  # longest sequence (prefix included) the model will ever see
+    pos: str = "learned"  # "learned" absolute positions, "rope" rotary, or "none"
+    dropout: float = 0.0  # dropout on attention weights and residual branches
+    mlp_ratio: int = 4  # hidden width of the MLP as a multiple of n_embd
+    bias: bool = False  # biases in linear layers and LayerNorms
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.pos not in ("learned", "rope", "none"):
+            raise ValueError(f"pos must be 'learned', 'rope' or 'none', got {self.pos!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head dimension")
+
+
+# --- masks: True means "may attend" -------------------------------------------------
+
+def causal_mask(length: int, device=None) -> torch.Tensor:
+    """(T, T) lower-triangular mask: position i sees positions <= i."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def full_mask(length: int, device=None) -> torch.Tensor:
+    """(T, T) all-True mask: bidirectional attention (MaskGIT, MAR)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device)
+
+
+def block_causal_mask(block_sizes: Sequence[int], device=None) -> torch.Tensor:
+    """(T, T) mask where every token of block k sees all tokens of blocks <= k (VAR)."""
+    if not block_sizes or any(int(b) <= 0 for b in block_sizes):
+        raise ValueError(f"block_sizes must be positive integers, got {list(block_sizes)}")
+    block_id = torch.repeat_interleave(torch.arange(len(block_sizes)), torch.tensor(list(block_sizes)))
+    return (block_id[:, None] >= block_id[None, :]).to(device)  # (T, T)
+
+
+def _resolve_mask(mask, total_len: int, device) -> torch.Tensor:
+    if isinstance(mask, str):
+        if mask == "causal":
+            return causal_mask(total_len, device)
+        if mask == "full":
+            return full_mask(total_len, device)
+        raise ValueError(f"mask must be 'causal', 'full' or a boolean tensor, got {mask!r}")
+    if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        raise ValueError(f"mask tensor must be a square bool matrix, got {tuple(mask.shape)} {mask.dtype}")
+    if mask.shape[0] < total_len:
+        raise ValueError(f"mask covers {mask.shape[0]} positions but the sequence has {total_len}")
+    return mask.to(device)
+
+
+# --- KV cache ---------------------------------------------------------------------
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to max_len.
+
+    `length` is the number of cached positions. A forward pass with the cache writes its
+    new keys/values at [length, length + T) and then advances `length`. `truncate(n)`
+    forgets everything after position n, which is how speculative decoding rolls back.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype):
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, hs) keys/values after the cached ones; return all of them so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, max_len={self.max_len}")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, L+T, hs)
+
+    def truncate(self, length: int):
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+
+    def reorder(self, index: torch.Tensor):
+        """Keep/reorder batch rows (e.g. the accepted draft in multi-draft decoding)."""
+        self.k = [k[index] for k in self.k]
+        self.v = [v[index] for v in self.v]
+
+
+# --- building blocks ----------------------------------------------------------------
+
+def rotate_half_pairs(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding: rotate channel pairs of x (B, H, T, hs) by position angles."""
+    hs = x.shape[-1]
+    freqs = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))  # (hs/2,)
+    angles = positions.float()[:, None] * freqs[None, :]  # (T, hs/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, hs/2) each
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, hs/2, 2)
+    return out.flatten(-2)  # (B, H, T, hs)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on F.scaled_dot_product_attention with an explicit mask."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head, self.rope, self.dropout = cfg.n_head, cfg.pos == "rope", cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, positions, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        if self.rope:
+            q, k = rotate_half_pairs(q, positions), rotate_half_pairs(k, positions)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, H, L+T, hs)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        hidden = cfg.mlp_ratio * cfg.n_embd
+        self.net = nn.Sequential(
+            nn.Linear(cfg.n_embd, hidden, bias=cfg.bias), nn.GELU(),
+            nn.Linear(hidden, cfg.n_embd, bias=cfg.bias), nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask, positions, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), mask, positions, cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks over input embeddings (B, T, C) -> normalised hidden states (B, T, C).
+
+    It owns positions but no token embedding and no head: those belong to the paradigm.
+    `mask` is "causal", "full" or a (max_len, max_len) bool tensor in absolute positions
+    (e.g. block_causal_mask). With a cache, the T inputs sit at positions
+    [cache.length, cache.length + T) and see every cached position the mask allows.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.apply(init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight") or name.endswith("net.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+        p = next(self.parameters())
+        cfg = self.cfg
+        return KVCache(cfg.n_layer, batch, cfg.n_head, cfg.max_len, cfg.n_embd // cfg.n_head,
+                       device or p.device, dtype or p.dtype)
+
+    def forward(self, x: torch.Tensor, mask="causal", cache: KVCache | None = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.cfg.n_embd:
+            raise ValueError(f"expected embeddings (B, T, {self.cfg.n_embd}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.max_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds max_len={self.cfg.max_len}")
+        positions = torch.arange(start, start + T, device=x.device)  # (T,)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)  # (B, T, C)
+        attn_mask = _resolve_mask(mask, start + T, x.device)[start:start + T, :start + T]  # (T, L+T)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, positions, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)  # (B, T, C)
+
+
+def init_weights(module: nn.Module):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+class ClassEmbedding(nn.Module):
+    """Class label -> vector, with one extra "null" class for classifier-free guidance.
+
+    During training each label is replaced by the null class with probability `drop_prob`,
+    so the same network also learns the unconditional distribution.
+    """
+
+    def __init__(self, n_classes: int, dim: int, drop_prob: float = 0.1):
+        super().__init__()
+        if n_classes < 0 or not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"need n_classes >= 0 and 0 <= drop_prob < 1, got {n_classes}, {drop_prob}")
+        self.n_classes, self.drop_prob = n_classes, drop_prob
+        self.null_id = n_classes
+        self.embed = nn.Embedding(n_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        if labels is None:  # unconditional: everyone gets the null class
+            labels = torch.full((batch,), self.null_id, dtype=torch.long, device=self.embed.weight.device)
+        else:
+            labels = check_labels(labels, self.n_classes, allow_null=True).to(self.embed.weight.device)
+            if self.training and self.drop_prob > 0:
+                drop = torch.rand(labels.shape, device=labels.device) < self.drop_prob
+                labels = torch.where(drop, torch.full_like(labels, self.null_id), labels)
+        return self.embed(labels)  # (B, C)
+
+    def null_labels(self, batch: int, device=None) -> torch.Tensor:
+        return torch.full((batch,), self.null_id, dtype=torch.long, device=device or self.embed.weight.device)
+
+
+# --- sampling helpers ---------------------------------------------------------------
+
+def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool = False) -> torch.Tensor:
+    """Validate class labels: integer, 1-D, in [0, n_classes) (or == n_classes, the null class)."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.long().reshape(-1) if labels.dim() == 0 else labels.long()
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+    if n is not None and labels.numel() != n:
+        raise ValueError(f"labels has {labels.numel()} entries but n={n} samples were asked for")
+    hi = n_classes + 1 if allow_null else n_classes
+    if labels.numel() and (labels.min() < 0 or labels.max() >= hi):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got min {int(labels.min())}, max {int(labels.max())}")
+    return labels
+
+
+def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                        cfg_scale: float = 1.0):
+    if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
+    if not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+
+
+def cfg_mix(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on logits: uncond + scale * (cond - uncond). scale=1 is plain conditional."""
+    return uncond_logits + scale * (cond_logits - uncond_logits)
+
+
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    """Logits (..., V) -> the probabilities (..., V) actually sampled from.
+
+    Temperature 0 means greedy: all mass on the argmax. Speculative decoding needs this
+    exact distribution for both draft and target, so it is a function of its own.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    logits = logits.float()
+    if temperature == 0:
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if top_p is not None and top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest set whose mass reaches top_p: drop a token if the mass before it already does
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one index per row of probs (..., V) -> (...). Reproducible for a given generator,
+    whatever device the probabilities live on (we draw on the generator's device)."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    if generator is not None and generator.device.type != flat.device.type:
+        idx = torch.multinomial(flat.float().to(generator.device), 1, generator=generator).to(flat.device)
+    else:
+        idx = torch.multinomial(flat.float(), 1, generator=generator)
+    return idx.reshape(probs.shape[:-1])
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Warp logits (..., V) and draw one token per row -> (...) long."""
+    return sample_from_probs(warp_logits(logits, temperature, top_k, top_p), generator)

@@ -1,0 +1,314 @@
+"""One training loop for every minigen model, plus device, seed, preset and checkpoints.
+
+Any model with `loss(batch) -> scalar` trains with `fit`: AdamW, linear warm-up then
+cosine decay, gradient clipping, optional EMA weights, mixed precision on CUDA, a
+tqdm.auto bar, periodic evaluation and resumable checkpoints (loaded with weights_only).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+CHECKPOINT_FORMAT = "minigen-checkpoint-v1"
+PRESETS = ("smoke", "cpu", "gpu")
+
+
+# --- environment ---------------------------------------------------------------------
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """cuda, then mps, then cpu; `device` or $MINIGEN_DEVICE overrides the choice."""
+    choice = device if device is not None else os.environ.get("MINIGEN_DEVICE")
+    if choice is not None:
+        dev = torch.device(choice)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} requested but CUDA is not available")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {choice!r} requested but MPS is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable device name for the preset line, e.g. 'cuda (NVIDIA H100)'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    return device.type
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed python, numpy and torch together; returns a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def preset(name: str | None = None) -> str:
+    """'smoke' when MINIGEN_SMOKE=1, else 'gpu' with CUDA, else 'cpu'. `name` or $MINIGEN_PRESET overrides."""
+    name = name or os.environ.get("MINIGEN_PRESET")
+    if name is None:
+        if os.environ.get("MINIGEN_SMOKE", "") not in ("", "0"):
+            return "smoke"
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+    return name
+
+
+class RunClock:
+    """Wall time of a notebook or script, for the `preset: ... | device: ... | N s` line."""
+
+    def __init__(self, preset_name: str, device):
+        self.preset, self.device, self.start = preset_name, torch.device(device), time.perf_counter()
+
+    def line(self) -> str:
+        return f"preset: {self.preset} | device: {device_name(self.device)} | {time.perf_counter() - self.start:.0f} s"
+
+
+# --- checkpoints --------------------------------------------------------------------
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+def save_checkpoint(path, model: nn.Module, *, step: int = 0, optimizer=None, ema: nn.Module | None = None,
+                    history: dict | None = None, extra: dict | None = None):
+    """torch.save of plain data only (state dicts, config dict, numbers), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = getattr(model, "config", None)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model_key(model),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "state_dict": model.state_dict(),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "history": history or {},
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint dict with weights_only=True; any damage becomes a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a minigen checkpoint: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a minigen checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict, prefer_ema: bool = True, path="checkpoint"):
+    if state.get("model") != model_key(model):
+        raise CheckpointError(f"{path} holds a {state.get('model')!r}, not a {model_key(model)!r}")
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config) and state.get("config") != dataclasses.asdict(config):
+        raise CheckpointError(f"{path} was trained with config {state.get('config')}, "
+                              f"not this model's {dataclasses.asdict(config)}")
+    weights = state["ema"] if prefer_ema and state.get("ema") else state["state_dict"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit this model (different config?): {err}") from err
+
+
+def load_model(path, device=None, prefer_ema: bool = True) -> nn.Module:
+    """Rebuild a registered model from a checkpoint: class from the registry, config, weights."""
+    from minigen.registry import model_class  # registry imports the paradigms, which import us
+    state = read_checkpoint(path)
+    cls = model_class(state["model"])
+    try:
+        config = cls.Config(**state["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config does not fit {state['model']}: {err}") from err
+    model = cls(config)
+    load_weights(model, state, prefer_ema, path)
+    return model.to(pick_device(device)).eval()
+
+
+def model_key(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+# --- the loop -----------------------------------------------------------------------
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warm-up for `warmup` steps, then cosine decay to min_lr_ratio * lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def to_device(batch, device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _forever(data: Iterable):
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training data yielded no batch")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Iterable, device=None, max_batches: int | None = None) -> float:
+    """Mean of model.loss over (at most max_batches of) data, in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        total += float(model.loss(to_device(batch, device)))
+        count += 1
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation data yielded no batch")
+    return total / count
+
+
+def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.01,
+        warmup: int | None = None, grad_clip: float | None = 1.0, ema_decay: float | None = None,
+        eval_data: Iterable | None = None, eval_every: int | None = None, eval_batches: int = 10,
+        device=None, amp: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
+        resume: bool = False, progress: bool = True, desc: str | None = None) -> dict:
+    """Train `model` on batches from `data` (cycled) for `steps` optimizer steps.
+
+    Returns the history: {"step", "loss", "lr", "eval_step", "eval_loss", "seconds"}.
+    With `checkpoint`, saves there every `checkpoint_every` steps and at the end;
+    with `resume=True` and an existing file, continues from its step, optimizer and history.
+    With `ema_decay`, keeps an exponential moving average of the weights and leaves the
+    model holding the EMA weights when training ends (they usually sample better).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not hasattr(model, "loss"):
+        raise TypeError(f"{type(model).__name__} has no .loss(batch) method")
+    device = pick_device(device)
+    model.to(device).train()
+    warmup = min(100, max(1, steps // 20)) if warmup is None else warmup
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
+    history = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": [], "seconds": 0.0}
+    start_step = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = read_checkpoint(checkpoint)
+        load_weights(model, state, prefer_ema=False, path=checkpoint)
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        history.update(state.get("history") or {})
+        start_step = int(state["step"])
+
+    use_amp = amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    batches = _forever(data)
+    quiet = {} if progress else {"disable": True}  # leave TQDM_DISABLE=1 in charge otherwise
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=desc or type(model).__name__,
+               dynamic_ncols=True, **quiet)
+    t0 = time.perf_counter()
+    smooth = None
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        batch = to_device(next(batches), device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss = model.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm.detach(), 1 - ema_decay)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
+        value = loss.item()
+        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+        history["step"].append(step + 1)
+        history["loss"].append(value)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        postfix = {"loss": f"{smooth:.4f}"}
+        if eval_data is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            eval_model = ema if ema is not None else model
+            history["eval_step"].append(step + 1)
+            history["eval_loss"].append(evaluate(eval_model, eval_data, device, eval_batches))
+            postfix["eval"] = f"{history['eval_loss'][-1]:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            history["seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(checkpoint, model, step=step + 1, optimizer=optimizer, ema=ema, history=history)
+    history["seconds"] += time.perf_counter() - t0
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, step=steps, optimizer=optimizer, ema=ema, history=history)
+    if ema is not None:
+        model.load_state_dict(ema.state_dict())
+    model.eval()
+    return history
+
+
+def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
+    """Reuse a finished checkpoint at `path` when it matches the model, else train and save it."""
+    path = Path(path)
+    if path.exists():
+        try:
+            state = read_checkpoint(path)
+            if state["step"] >= fit_kwargs.get("steps", 0):
+                load_weights(model, state, prefer_ema=True, path=path)
+                model.to(pick_device(fit_kwargs.get("device"))).eval()
+                return state.get("history") or {}
+        except CheckpointError as err:
+            print(f"ignoring {path}: {err}")
+    return fit(model, data, checkpoint=path, **fit_kwargs)

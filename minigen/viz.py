@@ -1,0 +1,145 @@
+"""Pictures for the notebooks: image grids, loss curves, attention masks, generation traces.
+
+Every function draws with matplotlib and works without a live kernel (nbval, GitHub's
+renderer). `show_frames` adds an ipywidgets slider when a live Jupyter kernel is there.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def make_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+    """Images (N, C, H, W) or (N, H, W) in [0, 1] -> one array (rows*H', cols*W'[, 3]) for imshow."""
+    x = torch.as_tensor(images).detach().float().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1|3, H, W) or (N, H, W), got {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol_rows = int(np.ceil(n / nrow))
+    grid = torch.full((c, ncol_rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = x[i]
+    grid = grid.clamp(0, 1).numpy()
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def show_images(images, nrow: int | None = None, title: str | None = None, ax=None, cmap: str = "gray_r",
+                size: float = 4.0):
+    """Draw a grid of images; dark ink on white (gray_r) suits digits."""
+    grid = make_grid(images, nrow, pad_value=0.0 if cmap == "gray_r" else 1.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_images(images, path, nrow: int | None = None):
+    """Write a grid of images to a PNG file."""
+    grid = make_grid(images, nrow, pad_value=0.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid, cmap="gray_r", vmin=0, vmax=1)
+
+
+def plot_history(history: dict, ax=None, title: str = "training loss", reference: float | None = None,
+                 reference_label: str = "true entropy", ylabel: str = "loss"):
+    """Loss per step (faint), its moving average, eval points, and an optional reference line."""
+    if not history.get("loss"):
+        raise ValueError("history has no losses to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    steps, loss = np.asarray(history["step"]), np.asarray(history["loss"])
+    ax.plot(steps, loss, color="C0", alpha=0.25, lw=0.8)
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    ax.plot(steps[window - 1:], smooth, color="C0", label="train (moving average)")
+    if history.get("eval_loss"):
+        ax.plot(history["eval_step"], history["eval_loss"], "o-", color="C1", ms=3, label="eval")
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label=reference_label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return ax
+
+
+def show_mask(mask, ax=None, title: str | None = None, block_sizes=None):
+    """Draw an attention mask: row = query position, column = key position, dark = may attend."""
+    m = torch.as_tensor(mask).detach().cpu().float().numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1.2, interpolation="nearest")
+    if block_sizes is not None:
+        for edge in np.cumsum(block_sizes)[:-1]:
+            ax.axhline(edge - 0.5, color="C3", lw=0.8)
+            ax.axvline(edge - 0.5, color="C3", lw=0.8)
+    ax.set_xlabel("key position (attended to)")
+    ax.set_ylabel("query position")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _in_live_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def show_frames(frames, titles=None, n_static: int = 8, nrow: int | None = None, interactive: bool | None = None,
+                size: float = 1.6, suptitle: str | None = None):
+    """Show a generation trace: frames (F, N, C, H, W) or (F, C, H, W), one per step.
+
+    Always draws a static row of `n_static` evenly spaced frames (what nbval and GitHub
+    see). In a live Jupyter kernel it also returns a slider widget over every frame.
+    """
+    frames = torch.as_tensor(frames).detach().cpu()
+    if frames.dim() == 4:
+        frames = frames.unsqueeze(1)
+    if frames.dim() != 5:
+        raise ValueError(f"frames must be (F, N, C, H, W) or (F, C, H, W), got {tuple(frames.shape)}")
+    n_frames = frames.shape[0]
+    titles = list(titles) if titles is not None else [f"step {i}" for i in range(n_frames)]
+    if len(titles) != n_frames:
+        raise ValueError(f"{len(titles)} titles for {n_frames} frames")
+    pick = np.unique(np.linspace(0, n_frames - 1, min(n_static, n_frames)).round().astype(int))
+    fig, axes = plt.subplots(1, len(pick), figsize=(size * len(pick), size * 1.15), squeeze=False)
+    for ax, i in zip(axes[0], pick):
+        show_images(frames[i], nrow=nrow, ax=ax, title=titles[i])
+        ax.title.set_fontsize(8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    plt.show()
+    if interactive is None:
+        interactive = _in_live_kernel()
+    if not interactive:
+        return None
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def draw(i):
+        out.clear_output(wait=True)
+        with out:
+            show_images(frames[i], nrow=nrow, title=titles[i], size=3)
+            plt.show()
+
+    slider = widgets.IntSlider(value=n_frames - 1, min=0, max=n_frames - 1, description="frame")
+    slider.observe(lambda change: draw(change["new"]), names="value")
+    draw(n_frames - 1)
+    return widgets.VBox([slider, out])

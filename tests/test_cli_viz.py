@@ -1,0 +1,68 @@
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from minigen import registry, viz  # noqa: E402
+from minigen.cli import main  # noqa: E402
+
+
+def test_cli_train_smoke_writes_checkpoint_samples_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "minigen", "train", "pixelgpt", "--preset", "smoke", "--out", str(out),
+                           "--n", "16"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "samples.png", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preset"] == "smoke" and metrics["steps"] == 30
+    assert metrics["test_nll_nats"] > 0 and metrics["test_bits_per_dim"] < 1.0  # binary pixels: at most 1 bit
+    assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    assert main(["sample", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "no-such-model"])
+
+
+def test_registry_recipes_exist_for_every_preset():
+    for name in registry.names():
+        for preset in ("smoke", "cpu", "gpu"):
+            rec = registry.recipe(name, preset)
+            assert rec["steps"] > 0 and hasattr(rec["model"], "loss") and hasattr(rec["model"], "sample")
+    with pytest.raises(ValueError, match="unknown model"):
+        registry.recipe("nope", "cpu")
+    with pytest.raises(ValueError, match="not a registered"):
+        registry.model_class("os.system")
+
+
+def test_make_grid_layout():
+    grid = viz.make_grid(torch.ones(5, 1, 4, 4), nrow=3, pad=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 5 + 1)
+    with pytest.raises(ValueError, match="images"):
+        viz.make_grid(torch.ones(2, 2, 4, 4))
+
+
+def test_figures_draw_without_a_kernel():
+    frames = torch.rand(10, 3, 1, 4, 4)
+    assert viz.show_frames(frames, interactive=False) is None
+    with pytest.raises(ValueError, match="titles"):
+        viz.show_frames(frames, titles=["a"])
+    ax = viz.plot_history({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "eval_step": [3], "eval_loss": [1.5]},
+                          reference=0.5)
+    assert len(ax.lines) == 4
+    with pytest.raises(ValueError, match="no losses"):
+        viz.plot_history({"step": [], "loss": []})
+    viz.show_mask(torch.ones(4, 4, dtype=torch.bool).tril(), block_sizes=[1, 3])
+    matplotlib.pyplot.close("all")
