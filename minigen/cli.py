@@ -17,7 +17,7 @@ from minigen import registry
 from minigen.data import load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.train import device_name, fit, load_model, pick_device, preset, seed_everything
-from minigen.viz import save_images
+from minigen.viz import save_images, save_series
 
 
 def _sample_labels(model, n: int):
@@ -31,10 +31,16 @@ def cmd_train(args) -> dict:
     device = pick_device(args.device)
     rec = registry.recipe(args.name, preset_name)
     model, steps = rec["model"], args.steps if args.steps is not None else rec["steps"]
-    train_set = load_images(split="train", **rec["data"])
-    test_set = load_images(split="test", **rec["data"])
     out = Path(args.out or f"runs/{args.name}-{preset_name}")
     out.mkdir(parents=True, exist_ok=True)
+    if hasattr(rec["module"], "cli_train"):  # non-image models write their own three files
+        metrics = rec["module"].cli_train(model, steps=steps, out=out, device=device, seed=args.seed,
+                                          preset_name=preset_name)
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}, {out / 'metrics.json'}")
+        return metrics
+    train_set = load_images(split="train", **rec["data"])
+    test_set = load_images(split="test", **rec["data"])
     print(f"training {args.name} | preset {preset_name} | {steps} steps | {device_name(device)}")
     history = fit(model, make_loader(train_set, rec["batch_size"], seed=args.seed), steps=steps, lr=rec["lr"],
                   device=device, checkpoint=out / "model.pt", resume=args.resume, desc=args.name)
@@ -59,10 +65,14 @@ def cmd_train(args) -> dict:
 def cmd_sample(args):
     seed_everything(args.seed)
     model = load_model(args.checkpoint, device=args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    if not hasattr(model.config, "n_classes"):  # a time-series model: simulate series
+        save_series(model.sample(args.n, generator=gen), args.out)
+        print(f"wrote {args.n} simulated series to {args.out}")
+        return
     labels = torch.tensor(args.labels) if args.labels else _sample_labels(model, args.n)
     if labels is not None and len(labels) != args.n:
         labels = labels.repeat(math.ceil(args.n / len(labels)))[: args.n]
-    gen = torch.Generator().manual_seed(args.seed)
     images = model.sample(args.n, labels, temperature=args.temperature, generator=gen, progress=True)
     save_images(images, args.out, nrow=int(math.ceil(math.sqrt(args.n))))
     print(f"wrote {args.n} samples to {args.out}")

@@ -104,6 +104,7 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
         if digest.hexdigest() != sha256:
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, "
                                 f"got {digest.hexdigest()}; the file was discarded")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -162,6 +163,7 @@ def mnist_subset_arrays() -> tuple[np.ndarray, np.ndarray]:
     fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
     os.close(fd)
     np.savez_compressed(tmp, images=images, labels=labels)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
     os.replace(tmp, cache)
     return images, labels
 

@@ -2,8 +2,9 @@
 
 Each paradigm module exposes a model class (with a `Config` dataclass), a `PRESETS`
 dict (smoke / cpu / gpu: config overrides, steps, batch size, learning rate) and a
-`DATA` dict (arguments for `minigen.data.load_images`). Registering a paradigm is one
-line in `MODELS` below.
+`DATA` dict (arguments for `minigen.data.load_images`). A module whose data are not
+images (AR-Net) sets `DATA = None` and provides `cli_train(...)` for the CLI instead.
+Registering a paradigm is one line in `MODELS` below.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import importlib
 # CLI name -> (module, class)
 MODELS = {
     "pixelgpt": ("minigen.pixel_ar", "PixelGPT"),
+    "arnet": ("minigen.arnet", "ARNet"),
 }
 
 
@@ -43,8 +45,9 @@ def recipe(name: str, preset: str) -> dict:
     spec = module.PRESETS[preset]
     config = dataclasses.replace(cls.Config(), **spec["config"])
     return {
+        "module": module,
         "model": cls(config),
-        "data": dict(module.DATA),
+        "data": dict(module.DATA) if module.DATA is not None else None,
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],

@@ -51,6 +51,40 @@ def save_images(images, path, nrow: int | None = None):
     plt.imsave(path, grid, cmap="gray_r", vmin=0, vmax=1)
 
 
+def save_series(series, path, max_lines: int = 8):
+    """Write a plot of a few time series (N, T) to a PNG file."""
+    x = torch.as_tensor(series).detach().cpu().numpy()
+    if x.ndim != 2:
+        raise ValueError(f"series must be (N, T), got {x.shape}")
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for row in x[:max_lines]:
+        ax.plot(row, lw=0.8)
+    ax.set_xlabel("t")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_coefficients(coeffs: dict, ax=None, title: str = "AR coefficients by lag"):
+    """Bars of AR coefficients, one group per lag, one colour per estimator (e.g. true / fitted)."""
+    if not coeffs:
+        raise ValueError("no coefficients to plot")
+    p = max(len(np.ravel(c)) for c in coeffs.values())
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3))
+    width = 0.8 / len(coeffs)
+    for k, (name, c) in enumerate(coeffs.items()):
+        c = np.ravel(np.asarray(c, dtype=float))
+        ax.bar(np.arange(1, len(c) + 1) + (k - (len(coeffs) - 1) / 2) * width, c, width, label=name)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("lag")
+    ax.set_ylabel("weight")
+    ax.set_xlim(0.3, p + 0.7)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return ax
+
+
 def plot_history(history: dict, ax=None, title: str = "training loss", reference: float | None = None,
                  reference_label: str = "true entropy", ylabel: str = "loss"):
     """Loss per step (faint), its moving average, eval points, and an optional reference line."""
@@ -106,7 +140,7 @@ def show_frames(frames, titles=None, n_static: int = 8, nrow: int | None = None,
     """Show a generation trace: frames (F, N, C, H, W) or (F, C, H, W), one per step.
 
     Always draws a static row of `n_static` evenly spaced frames (what nbval and GitHub
-    see). In a live Jupyter kernel it also returns a slider widget over every frame.
+    see). In a live Jupyter kernel it also displays a slider over every frame and returns it.
     """
     frames = torch.as_tensor(frames).detach().cpu()
     if frames.dim() == 4:
@@ -142,4 +176,7 @@ def show_frames(frames, titles=None, n_static: int = 8, nrow: int | None = None,
     slider = widgets.IntSlider(value=n_frames - 1, min=0, max=n_frames - 1, description="frame")
     slider.observe(lambda change: draw(change["new"]), names="value")
     draw(n_frames - 1)
-    return widgets.VBox([slider, out])
+    box = widgets.VBox([slider, out])
+    from IPython.display import display
+    display(box)
+    return box
