@@ -206,13 +206,15 @@ def evaluate(model: nn.Module, data: Iterable, device=None, max_batches: int | N
 
 
 def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.01,
-        warmup: int | None = None, grad_clip: float | None = 1.0, ema_decay: float | None = None,
+        warmup: int | None = None, min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0,
+        ema_decay: float | None = None,
         eval_data: Iterable | None = None, eval_every: int | None = None, eval_batches: int = 10,
         device=None, amp: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
         resume: bool = False, progress: bool = True, desc: str | None = None) -> dict:
     """Train `model` on batches from `data` (cycled) for `steps` optimizer steps.
 
-    Returns the history: {"step", "loss", "lr", "eval_step", "eval_loss", "seconds"}.
+    The learning rate warms up linearly for `warmup` steps, then follows a cosine down to
+    min_lr_ratio * lr. Returns the history: {"step", "loss", "lr", "eval_step", "eval_loss", "seconds"}.
     With `checkpoint`, saves there every `checkpoint_every` steps and at the end;
     with `resume=True` and an existing file, continues from its step, optimizer and history.
     With `ema_decay`, keeps an exponential moving average of the weights and leaves the
@@ -255,7 +257,7 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
     smooth = None
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
+            group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
         batch = to_device(next(batches), device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss = model.loss(batch)

@@ -66,3 +66,13 @@ def test_figures_draw_without_a_kernel():
         viz.plot_history({"step": [], "loss": []})
     viz.show_mask(torch.ones(4, 4, dtype=torch.bool).tril(), block_sizes=[1, 3])
     matplotlib.pyplot.close("all")
+
+
+def test_cli_train_arnet_smoke_writes_its_three_files(tmp_path):
+    out = tmp_path / "arnet"
+    assert main(["train", "arnet", "--preset", "smoke", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["p"] == 20 and metrics["stpe_arnet"] < metrics["stpe_classic"]
+    assert (out / "samples.png").stat().st_size > 0
+    assert main(["sample", str(out / "model.pt"), "--n", "3", "--out", str(tmp_path / "sim.png")]) == 0
+    assert (tmp_path / "sim.png").stat().st_size > 0
