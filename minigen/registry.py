@@ -1,9 +1,9 @@
 """Names the CLI, the benchmark and checkpoints use for minigen's models.
 
-Each paradigm module exposes a model class (with a `Config` dataclass), a `PRESETS`
-dict (smoke / cpu / gpu: config overrides, steps, batch size, learning rate) and a
-`DATA` dict (arguments for `minigen.data.load_images`). A module whose data are not
-images (AR-Net) sets `DATA = None` and provides `cli_train(...)` for the CLI instead.
+Each entry names a module, a model class (with a `Config` dataclass), a presets dict
+(smoke / cpu / gpu: config overrides, steps, batch size, learning rate) and a data dict
+(arguments for `minigen.data.load_images`). A module whose data are not images (AR-Net)
+has data None and provides `cli_train(...)` for the CLI instead.
 Registering a paradigm is one line in `MODELS` below.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-# CLI name -> (module, class)
+# CLI name -> (module, class, presets attribute, data attribute)
 MODELS = {
-    "pixelgpt": ("minigen.pixel_ar", "PixelGPT"),
-    "arnet": ("minigen.arnet", "ARNet"),
+    "pixelgpt": ("minigen.pixel_ar", "PixelGPT", "GPT_PRESETS", "GPT_DATA"),
+    "pixel": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
+    "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
 }
 
 
@@ -30,7 +31,7 @@ def _module(name: str):
 
 def model_class(key: str):
     """The class for a checkpoint's model key ('module.Class'); only registered classes load."""
-    for module_name, class_name in MODELS.values():
+    for module_name, class_name, *_ in MODELS.values():
         if key == f"{module_name}.{class_name}":
             return getattr(importlib.import_module(module_name), class_name)
     raise ValueError(f"checkpoint model {key!r} is not a registered minigen model")
@@ -39,15 +40,16 @@ def model_class(key: str):
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     module = _module(name)
-    cls = getattr(module, MODELS[name][1])
-    if preset not in module.PRESETS:
-        raise ValueError(f"preset must be one of {sorted(module.PRESETS)}, got {preset!r}")
-    spec = module.PRESETS[preset]
+    _, class_name, presets_attr, data_attr = MODELS[name]
+    cls, presets, data = getattr(module, class_name), getattr(module, presets_attr), getattr(module, data_attr)
+    if preset not in presets:
+        raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
+    spec = presets[preset]
     config = dataclasses.replace(cls.Config(), **spec["config"])
     return {
         "module": module,
         "model": cls(config),
-        "data": dict(module.DATA) if module.DATA is not None else None,
+        "data": dict(data) if data is not None else None,
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],
