@@ -320,7 +320,8 @@ def cli_train(model: ARNet, *, steps: int, out, device, seed: int, preset_name: 
     classic_seconds = time.perf_counter() - t0
     X, Y = lag_matrix(test, model.config.p)
     metrics = {
-        "model": "arnet", "preset": preset_name, "device": device_name(device), "steps": steps, "torch": torch.__version__,
+        "model": "arnet", "preset": preset_name, "device": device_name(device), "steps": steps,
+        "torch": torch.__version__,
         "process": f"sparse AR({w.size}), lags {sorted(TRUE_LAGS)}, {spec['n']} samples, unit noise",
         "p": model.config.p,
         "stpe_arnet": round(stpe(model.coeffs, w), 3), "stpe_classic": round(stpe(classic.coeffs, w), 3),

@@ -25,6 +25,11 @@ def _sample_labels(model, n: int):
     return torch.arange(n) % n_classes if n_classes else None
 
 
+def _grid_columns(labels, n: int) -> int:
+    """One column per class for conditional samples (labels cycle 0..9), else a square grid."""
+    return int(labels.max()) + 1 if labels is not None and n >= 10 else int(math.ceil(math.sqrt(n)))
+
+
 def cmd_train(args) -> dict:
     preset_name = preset(args.preset)
     seed_everything(args.seed)
@@ -43,7 +48,8 @@ def cmd_train(args) -> dict:
     test_set = load_images(split="test", **rec["data"])
     print(f"training {args.name} | preset {preset_name} | {steps} steps | {device_name(device)}")
     history = fit(model, make_loader(train_set, rec["batch_size"], seed=args.seed), steps=steps, lr=rec["lr"],
-                  device=device, checkpoint=out / "model.pt", resume=args.resume, desc=args.name)
+                  ema_decay=rec["ema_decay"], device=device, checkpoint=out / "model.pt", resume=args.resume,
+                  desc=args.name)
     metrics = {"model": args.name, "preset": preset_name, "device": device_name(device), "steps": steps,
                "train_seconds": round(history["seconds"], 2), "torch": torch.__version__,
                "final_train_loss": history["loss"][-1] if history["loss"] else None}
@@ -53,9 +59,10 @@ def cmd_train(args) -> dict:
                        test_bits_per_dim=round(bits_per_dim(nll, math.prod(test_set.shape)), 5))
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    images = model.sample(args.n, _sample_labels(model, args.n), generator=gen)
+    labels = _sample_labels(model, args.n)
+    images = model.sample(args.n, labels, generator=gen)
     metrics["samples_per_second"] = round(args.n / (time.perf_counter() - t0), 3)
-    save_images(images, out / "samples.png", nrow=int(math.ceil(math.sqrt(args.n))))
+    save_images(images, out / "samples.png", nrow=_grid_columns(labels, args.n))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}, {out / 'metrics.json'}")
@@ -74,7 +81,7 @@ def cmd_sample(args):
     if labels is not None and len(labels) != args.n:
         labels = labels.repeat(math.ceil(args.n / len(labels)))[: args.n]
     images = model.sample(args.n, labels, temperature=args.temperature, generator=gen, progress=True)
-    save_images(images, args.out, nrow=int(math.ceil(math.sqrt(args.n))))
+    save_images(images, args.out, nrow=_grid_columns(None if args.labels else labels, args.n))
     print(f"wrote {args.n} samples to {args.out}")
 
 

@@ -373,7 +373,8 @@ def naive_pixelcnn(n_layers: int = 6, channels: int = 16, k: int = 3) -> nn.Sequ
 
 PRESETS = {
     "smoke": dict(config=dict(channels=16, n_layers=3, head_channels=32), steps=20, batch_size=16, lr=2e-3),
-    "cpu": dict(config=dict(channels=32, n_layers=6), steps=1500, batch_size=32, lr=2e-3),
-    "gpu": dict(config=dict(channels=96, n_layers=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3),
+    "cpu": dict(config=dict(channels=32, n_layers=8), steps=2000, batch_size=32, lr=2e-3, ema=0.995),
+    "gpu": dict(config=dict(channels=96, n_layers=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3,
+                ema=0.999),
 }
 DATA = dict(name="mnist-subset", binarize=True)

@@ -1,7 +1,7 @@
 """Names the CLI, the benchmark and checkpoints use for minigen's models.
 
 Each entry names a module, a model class (with a `Config` dataclass), a presets dict
-(smoke / cpu / gpu: config overrides, steps, batch size, learning rate) and a data dict
+(smoke / cpu / gpu: config overrides, steps, batch size, learning rate, optional EMA decay) and a data dict
 (arguments for `minigen.data.load_images`). A module whose data are not images (AR-Net)
 has data None and provides `cli_train(...)` for the CLI instead.
 Registering a paradigm is one line in `MODELS` below.
@@ -53,4 +53,5 @@ def recipe(name: str, preset: str) -> dict:
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],
+        "ema_decay": spec.get("ema"),  # None: no EMA weights
     }
