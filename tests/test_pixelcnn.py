@@ -65,6 +65,15 @@ def test_windowed_logits_equal_the_full_network():
         for c in range(12):
             torch.testing.assert_close(net.logits_at(x, labels, r, c), full[:, :, r, c])
 
+    class TooNarrow(GatedPixelCNN):  # one row/column less than `reach` must change some logits
+        reach = net.reach - 1
+
+    narrow = TooNarrow(net.config).eval()
+    narrow.load_state_dict(net.state_dict())
+    worst = max((narrow.logits_at(x, labels, r, c) - full[:, :, r, c]).abs().max().item()
+                for r in range(12) for c in range(12))
+    assert worst > 1e-3, "reach is larger than needed: the window test proves nothing"
+
 
 def test_sampling_is_reproducible_and_completion_keeps_given_pixels():
     net = model()
