@@ -260,6 +260,8 @@ class ClassEmbedding(nn.Module):
 
 def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool = False) -> torch.Tensor:
     """Validate class labels: integer, 1-D, in [0, n_classes) (or == n_classes, the null class)."""
+    if n_classes == 0 and not allow_null:
+        raise ValueError("this model is unconditional: pass labels=None")
     labels = torch.as_tensor(labels)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")

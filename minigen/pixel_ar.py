@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
                         sample_logits)
+from minigen.train import progress_bar
 
 
 @dataclass
@@ -109,8 +108,6 @@ class PixelGPT(nn.Module):
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         device = next(self.parameters()).device
         if labels is not None:
-            if self.config.n_classes == 0:
-                raise ValueError("this model is unconditional: pass labels=None")
             labels = check_labels(labels, self.config.n_classes, n).to(device)
         guided = labels is not None and cfg_scale != 1.0
         if guided:  # conditional and unconditional rows in one batch
@@ -122,7 +119,7 @@ class PixelGPT(nn.Module):
         cache = self.transformer.new_cache(rows) if use_cache else None
         frames, frame_steps = [], []
         every = max(1, self.n_pixels // 16)
-        for t in tqdm(range(self.n_pixels), desc="pixels", **({} if progress else {"disable": True})):
+        for t in progress_bar(range(self.n_pixels), progress, desc="pixels"):
             if cache is None:
                 hidden = self.transformer(self.embed(tokens, labels), mask="causal")[:, -1]  # (rows, C)
             else:  # prefill the class token at t = 0, then feed only the newest pixel
@@ -243,17 +240,15 @@ class GatedPixelCNN(nn.Module):
         """Images (B, 1, H, W) in [0, 1] -> per-pixel logits over levels (B, L, H, W); the logits at
         (r, c) depend only on the pixels before (r, c) in raster order."""
         self.check_images(images)
-        if labels is not None:
-            if self.config.n_classes == 0:
-                raise ValueError("this model is unconditional: pass labels=None")
-            labels = check_labels(labels, self.config.n_classes, images.shape[0]).to(images.device)
-        elif self.config.n_classes:
-            labels = self.null_labels(images.shape[0], images.device)
-        return self._forward_window(images, labels)  # (B, L, h, W)
+        return self._forward_window(images, self.prepare_labels(labels, images.shape[0], images.device))
 
-    def null_labels(self, n: int, device) -> torch.Tensor:
-        """The extra 'no class' embedding index, used when a conditional model gets no labels."""
-        return torch.full((n,), self.config.n_classes, dtype=torch.long, device=device)
+    def prepare_labels(self, labels, n: int, device) -> torch.Tensor | None:
+        """Checked labels (n,); a conditional model given none gets the extra 'no class' index."""
+        if labels is not None:
+            return check_labels(labels, self.config.n_classes, n).to(device)
+        if self.config.n_classes:
+            return torch.full((n,), self.config.n_classes, dtype=torch.long, device=device)
+        return None
 
     @property
     def reach(self) -> int:
@@ -309,12 +304,7 @@ class GatedPixelCNN(nn.Module):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         check_sampling_args(temperature, top_k, top_p)
-        if labels is not None:
-            if self.config.n_classes == 0:
-                raise ValueError("this model is unconditional: pass labels=None")
-            labels = check_labels(labels, self.config.n_classes, n).to(device)
-        elif self.config.n_classes:
-            labels = self.null_labels(n, device)
+        labels = self.prepare_labels(labels, n, device)
         canvas = torch.zeros(n, 1, s, s, device=device)
         if n_given:
             if given is None or given.shape != (n, 1, s, s) or not 0 <= n_given <= s * s:
@@ -324,7 +314,7 @@ class GatedPixelCNN(nn.Module):
         was_training = self.training
         self.eval()
         frames, steps, every = [], [], max(1, s * s // 16)
-        for i in tqdm(range(n_given, s * s), desc="pixels", **({} if progress else {"disable": True})):
+        for i in progress_bar(range(n_given, s * s), progress, desc="pixels"):
             r, c = divmod(i, s)
             logits = self.logits_at(canvas, labels, r, c)  # (n, L)
             level = sample_logits(logits, temperature, top_k, top_p, generator)  # (n,)

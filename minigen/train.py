@@ -83,6 +83,11 @@ class RunClock:
         return f"preset: {self.preset} | device: {device_name(self.device)} | {time.perf_counter() - self.start:.0f} s"
 
 
+def progress_bar(iterable, progress: bool = True, **kwargs):
+    """tqdm.auto over iterable; progress=False hides it, otherwise TQDM_DISABLE=1 still can."""
+    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
+
+
 # --- checkpoints --------------------------------------------------------------------
 
 class CheckpointError(RuntimeError):
@@ -250,9 +255,8 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     batches = _forever(data)
-    quiet = {} if progress else {"disable": True}  # leave TQDM_DISABLE=1 in charge otherwise
-    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=desc or type(model).__name__,
-               dynamic_ncols=True, **quiet)
+    bar = progress_bar(range(start_step, steps), progress, initial=start_step, total=steps,
+                       desc=desc or type(model).__name__, dynamic_ncols=True)
     t0 = time.perf_counter()
     smooth = None
     for step in bar:
