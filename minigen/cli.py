@@ -5,6 +5,7 @@ train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -44,6 +45,10 @@ def cmd_train(args) -> dict:
         print(json.dumps(metrics, indent=2))
         print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}, {out / 'metrics.json'}")
         return metrics
+    if rec["tokenizer"]:
+        tokenizer = _tokenizer(rec["tokenizer"], preset_name, out, args)
+        config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "tokenizer"}
+        model = type(model).from_tokenizer(tokenizer, **config)
     train_set = load_images(split="train", **rec["data"])
     test_set = load_images(split="test", **rec["data"])
     print(f"training {args.name} | preset {preset_name} | {steps} steps | {device_name(device)}")
@@ -55,8 +60,23 @@ def cmd_train(args) -> dict:
                "final_train_loss": history["loss"][-1] if history["loss"] else None}
     if hasattr(model, "nll"):
         nll = dataset_nll(model, test_set)
-        metrics.update(test_nll_nats=round(nll, 4),
-                       test_bits_per_dim=round(bits_per_dim(nll, math.prod(test_set.shape)), 5))
+        metrics["test_nll_nats"] = round(nll, 4)
+        if hasattr(model, "tokenizer"):  # a likelihood of tokens, not of pixels
+            metrics["test_bits_per_token"] = round(bits_per_dim(nll, model.seq_len), 5)
+        else:
+            metrics["test_bits_per_dim"] = round(bits_per_dim(nll, math.prod(test_set.shape)), 5)
+    if not hasattr(model, "sample"):  # a tokenizer: originals above their reconstructions
+        report = model.evaluate(test_set.images)
+        metrics.update(test_mse=round(report["mse"], 6), test_perplexity=round(report["perplexity"], 2),
+                       test_codes_used=round(report["used_fraction"], 4))
+        originals = test_set.images[: args.n].to(device)
+        save_images(torch.cat([originals, model.reconstruct(originals)]), out / "samples.png",
+                    nrow=min(args.n, 16))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote {out / 'model.pt'}, {out / 'samples.png'} (originals, then reconstructions), "
+              f"{out / 'metrics.json'}")
+        return metrics
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     labels = _sample_labels(model, args.n)
@@ -69,9 +89,25 @@ def cmd_train(args) -> dict:
     return metrics
 
 
+def _tokenizer(name: str, preset_name: str, out: Path, args):
+    """The tokenizer a token model needs: --tokenizer CKPT, else OUT/../NAME-PRESET/model.pt, trained if missing."""
+    path = Path(args.tokenizer) if args.tokenizer else out.parent / f"{name}-{preset_name}" / "model.pt"
+    if not path.exists():
+        if args.tokenizer:
+            raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
+        print(f"no {name} tokenizer at {path}: training it first")
+        sub = argparse.Namespace(**{**vars(args), "name": name, "out": str(path.parent), "steps": None,
+                                    "resume": False})
+        cmd_train(sub)
+    print(f"using the {name} tokenizer in {path}")
+    return load_model(path, device="cpu")
+
+
 def cmd_sample(args):
     seed_everything(args.seed)
     model = load_model(args.checkpoint, device=args.device)
+    if not hasattr(model, "sample"):
+        raise ValueError(f"{args.checkpoint} holds a tokenizer, which has no sample(); sample from a token model")
     gen = torch.Generator().manual_seed(args.seed)
     if not hasattr(model.config, "n_classes"):  # a time-series model: simulate series
         save_series(model.sample(args.n, generator=gen), args.out)
@@ -98,6 +134,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=64, help="samples drawn for samples.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET/model.pt, trained if missing)")
     p.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint")

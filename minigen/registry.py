@@ -3,7 +3,8 @@
 Each entry names a module, a model class (with a `Config` dataclass), a presets dict
 (smoke / cpu / gpu: config overrides, steps, batch size, learning rate, optional EMA decay) and a data dict
 (arguments for `minigen.data.load_images`). A module whose data are not images (AR-Net)
-has data None and provides `cli_train(...)` for the CLI instead.
+has data None and provides `cli_train(...)` for the CLI instead. A module whose models sit on a
+tokenizer (token_ar) names it in `TOKENIZER`; the CLI trains or reuses that one first.
 Registering a paradigm is one line in `MODELS` below.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ import importlib
 MODELS = {
     "pixelgpt": ("minigen.pixel_ar", "PixelGPT", "GPT_PRESETS", "GPT_DATA"),
     "pixel": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
+    "vq": ("minigen.tokenizers", "VQVAE", "PRESETS", "DATA"),
+    "token": ("minigen.token_ar", "TokenGPT", "PRESETS", "DATA"),
     "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
 }
 
@@ -54,4 +57,5 @@ def recipe(name: str, preset: str) -> dict:
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],
         "ema_decay": spec.get("ema"),  # None: no EMA weights
+        "tokenizer": getattr(module, "TOKENIZER", None),  # registered name of the tokenizer it needs
     }

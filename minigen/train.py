@@ -286,6 +286,8 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
         history["loss"].append(value)
         history["lr"].append(optimizer.param_groups[0]["lr"])
         postfix = {"loss": f"{smooth:.4f}"}
+        if hasattr(model, "train_status"):  # e.g. a tokenizer's live codes
+            postfix.update(model.train_status())
         if eval_data is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             eval_model = ema if ema is not None else model
             history["eval_step"].append(step + 1)

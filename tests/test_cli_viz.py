@@ -40,7 +40,11 @@ def test_registry_recipes_exist_for_every_preset():
     for name in registry.names():
         for preset in ("smoke", "cpu", "gpu"):
             rec = registry.recipe(name, preset)
-            assert rec["steps"] > 0 and hasattr(rec["model"], "loss") and hasattr(rec["model"], "sample")
+            model = rec["model"]
+            assert rec["steps"] > 0 and hasattr(model, "loss")
+            assert hasattr(model, "sample") or hasattr(model, "reconstruct"), name
+            if rec["tokenizer"]:
+                assert registry.recipe(rec["tokenizer"], preset)["model"].config.n_codes == model.vocab_size
     with pytest.raises(ValueError, match="unknown model"):
         registry.recipe("nope", "cpu")
     with pytest.raises(ValueError, match="not a registered"):
@@ -84,3 +88,18 @@ def test_cli_train_gated_pixelcnn_smoke(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "pixel" and 0 < metrics["test_bits_per_dim"] < 1.0
     assert (out / "samples.png").stat().st_size > 0
+
+
+def test_cli_trains_the_tokenizer_then_the_token_gpt(tmp_path):
+    out = tmp_path / "token-smoke"
+    assert main(["train", "token", "--preset", "smoke", "--out", str(out), "--n", "10"]) == 0
+    vq_metrics = json.loads((tmp_path / "vq-smoke" / "metrics.json").read_text())
+    assert 0 < vq_metrics["test_mse"] < 0.2 and 0 < vq_metrics["test_codes_used"] <= 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "token" and 0 < metrics["test_bits_per_token"] <= 8.5  # 256 codes: 8 bits max
+    assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "t.png")]) == 0
+    assert main(["sample", str(tmp_path / "vq-smoke" / "model.pt"), "--out", str(tmp_path / "v.png")]) == 2
+    # a second token run reuses the tokenizer instead of training it again
+    before = (tmp_path / "vq-smoke" / "model.pt").stat().st_mtime_ns
+    assert main(["train", "token", "--preset", "smoke", "--out", str(out), "--steps", "2", "--n", "2"]) == 0
+    assert (tmp_path / "vq-smoke" / "model.pt").stat().st_mtime_ns == before

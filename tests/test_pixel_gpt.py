@@ -62,7 +62,7 @@ def test_bad_inputs_raise_clear_errors():
         model.sample(2, top_p=0.0)
     with pytest.raises(ValueError, match=r"\(B, 1, 4, 4\)"):
         model.loss((torch.rand(2, 1, 5, 5), torch.tensor([0, 1])))
-    with pytest.raises(ValueError, match="pixel tokens"):
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 2\)"):
         model(torch.full((1, 16), 2), torch.tensor([0]))
     with pytest.raises(ValueError, match="unconditional"):
         small(n_classes=0).sample(1, torch.tensor([0]))

@@ -1,0 +1,234 @@
+"""Token-level autoregression: p(z) = prod_i p(z_i | z_<i, class) over VQ tokens in raster order.
+
+VQGAN (Esser et al. 2021, "Taming Transformers") and LlamaGen (Sun et al. 2024): a tokenizer turns
+an image into a short grid of discrete codes, and a GPT models that sequence one code at a time.
+Here 49 tokens of a 7x7 grid replace 784 pixels, with a class token first for classifier-free guidance.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
+                        sample_logits)
+from minigen.tokenizers import VQVAE, VQConfig
+from minigen.train import progress_bar
+
+
+class RasterGPT(nn.Module):
+    """A causal transformer over a fixed-length sequence of discrete tokens, class token first.
+
+    Subclasses say what a token is (a pixel, a VQ code) through to_tokens / to_images; the
+    model, the likelihood and the KV-cached sampler are shared. Position t predicts token t.
+    """
+
+    def __init__(self, seq_len: int, vocab_size: int, n_classes: int, class_drop: float,
+                 n_layer: int, n_head: int, n_embd: int, dropout: float):
+        super().__init__()
+        self.seq_len, self.vocab_size, self.n_classes = seq_len, vocab_size, n_classes
+        self.transformer = Transformer(TransformerConfig(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, max_len=seq_len, pos="learned", dropout=dropout))
+        self.class_emb = ClassEmbedding(n_classes, n_embd, class_drop)
+        self.token_emb = nn.Embedding(vocab_size, n_embd)
+        self.head = nn.Linear(n_embd, vocab_size)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.zeros_(self.head.weight)  # start from the uniform distribution: loss = log(vocab)
+        nn.init.zeros_(self.head.bias)
+
+    # --- what a token is: overridden by subclasses ---
+    def to_tokens(self, x) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _split(self, batch):
+        x, labels = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        return self.to_tokens(x), (labels if self.n_classes > 0 else None)
+
+    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), "
+                             f"got min {int(tokens.min())}, max {int(tokens.max())}")
+        return tokens.long()
+
+    # --- the model ---
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Tokens (B, t) of the first t positions -> input embeddings (B, t + 1, C), class token first."""
+        tokens = self.check_tokens(tokens)
+        start = self.class_emb(labels, batch=tokens.shape[0]).unsqueeze(1)  # (B, 1, C)
+        return torch.cat([start, self.token_emb(tokens)], dim=1)  # (B, t + 1, C)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, L) -> logits (B, L, V) where logits[:, i] only sees tokens[:, :i]."""
+        if tokens.dim() != 2 or tokens.shape[1] != self.seq_len:
+            raise ValueError(f"expected tokens (B, {self.seq_len}), got {tuple(tokens.shape)}")
+        emb = self.embed(tokens[:, :-1], labels)  # (B, L, C)
+        return self.head(self.transformer(emb, mask="causal"))  # (B, L, V)
+
+    def nll(self, batch) -> torch.Tensor:
+        """Negative log-likelihood of the token sequence in nats per image, (B,).
+        Divide by seq_len * ln 2 for bits per token (metrics.bits_per_dim does)."""
+        tokens, labels = self._split(batch)
+        logits = self(tokens, labels)  # (B, L, V)
+        return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").sum(1)  # (B,)
+
+    def loss(self, batch) -> torch.Tensor:
+        """Mean nats per token, the training objective."""
+        return self.nll(batch).mean() / self.seq_len
+
+    # --- sampling ---
+    @torch.no_grad()
+    def sample_tokens(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+                      progress: bool = False, use_cache: bool = True, snapshot_every: int | None = None):
+        """Generate token sequences (n, L), one token per network pass.
+
+        use_cache=True: after the class token is prefilled, each pass feeds only the newest token
+        and attends to the cached keys/values. use_cache=False: each pass recomputes the whole prefix.
+        Both draw the same tokens from the same generator. With cfg_scale != 1 the batch holds a
+        conditional and an unconditional copy of every row and the logits are mixed.
+        Returns (tokens, snapshots): snapshots lists (t, tokens[:, :t]) every `snapshot_every` steps.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        device = next(self.parameters()).device
+        if labels is not None:
+            labels = check_labels(labels, self.n_classes, n).to(device)
+        guided = labels is not None and cfg_scale != 1.0
+        if guided:  # conditional and unconditional rows in one batch
+            labels = torch.cat([labels, self.class_emb.null_labels(n, device)])
+        rows = 2 * n if guided else n
+        was_training = self.training
+        self.eval()
+        tokens = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (rows, t)
+        cache = self.transformer.new_cache(rows) if use_cache else None
+        snapshots = []
+        for t in progress_bar(range(self.seq_len), progress, desc="tokens"):
+            if cache is None:
+                hidden = self.transformer(self.embed(tokens, labels), mask="causal")[:, -1]  # (rows, C)
+            else:  # prefill the class token at t = 0, then feed only the newest token
+                new = self.embed(tokens, labels) if t == 0 else self.token_emb(tokens[:, -1:])  # (rows, 1, C)
+                hidden = self.transformer(new, mask="causal", cache=cache)[:, -1]  # (rows, C)
+            logits = self.head(hidden)  # (rows, V)
+            if guided:
+                logits = cfg_mix(logits[:n], logits[n:], cfg_scale)  # (n, V)
+            nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # (n,)
+            if guided:
+                nxt = torch.cat([nxt, nxt])
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (rows, t + 1)
+            if snapshot_every and ((t + 1) % snapshot_every == 0 or t + 1 == self.seq_len):
+                snapshots.append((t + 1, tokens[:n].clone()))
+        self.train(was_training)
+        return tokens[:n], snapshots
+
+
+# --- the raster GPT over VQ tokens ----------------------------------------------------
+
+@dataclass
+class TokenGPTConfig:
+    tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
+    n_classes: int = 10  # class labels; 0 for an unconditional model
+    class_drop: float = 0.1  # probability of training with the null class (enables CFG)
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads
+    n_embd: int = 128  # residual width
+    dropout: float = 0.1  # dropout inside the transformer: 4,500 images overfit quickly
+
+
+class TokenGPT(RasterGPT):
+    """A GPT over the grid x grid VQ tokens of an image in raster order, with the tokenizer inside.
+
+    The tokenizer is frozen and saved with the model, so `sample` returns images and a checkpoint
+    is self-contained. Batches may hold images (encoded on the fly) or ready token grids (faster).
+    """
+
+    Config = TokenGPTConfig
+
+    def __init__(self, config: TokenGPTConfig):
+        vq_config = VQConfig(**config.tokenizer)
+        grid = vq_config.image_size // 4
+        super().__init__(grid * grid, vq_config.n_codes, config.n_classes, config.class_drop,
+                         config.n_layer, config.n_head, config.n_embd, config.dropout)
+        self.config, self.grid = config, grid
+        self.tokenizer = VQVAE(vq_config).requires_grad_(False).eval()
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: VQVAE, **config) -> "TokenGPT":
+        """A new TokenGPT holding a copy of a trained tokenizer's weights."""
+        model = cls(TokenGPTConfig(tokenizer=dataclasses.asdict(tokenizer.config), **config))
+        model.set_tokenizer(tokenizer)
+        return model
+
+    def set_tokenizer(self, tokenizer: VQVAE):
+        if tokenizer.config != self.tokenizer.config:
+            raise ValueError(f"tokenizer config {tokenizer.config} differs from the model's {self.tokenizer.config}")
+        self.tokenizer.load_state_dict(tokenizer.state_dict())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: no dead-code restarts, deterministic encoding
+        return self
+
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] or token grids (B, grid, grid) / (B, L) -> tokens (B, L)."""
+        if x.dtype.is_floating_point:
+            return self.tokenizer.encode(x).flatten(1)  # (B, L)
+        if x.dim() == 3 and tuple(x.shape[1:]) == (self.grid, self.grid):
+            x = x.flatten(1)
+        if x.dim() != 2 or x.shape[1] != self.seq_len:
+            raise ValueError(f"expected token grids (B, {self.grid}, {self.grid}) or (B, {self.seq_len}), "
+                             f"got {tuple(x.shape)}")
+        return self.check_tokens(x)
+
+    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(tokens.view(-1, self.grid, self.grid))  # (B, 1, H, W)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+               progress: bool = False, use_cache: bool = True, return_trace: bool = False,
+               return_tokens: bool = False):
+        """Generate n images (n, 1, H, W) in [0, 1]: seq_len token passes, then one decoder pass.
+
+        return_tokens=True returns the token grids (n, grid, grid) instead of images.
+        return_trace=True also returns {"frames": (L, n, 1, H, W), "tokens", "steps", "passes"}: after
+        each token, the decoded canvas with the tokens still to come greyed out.
+        """
+        tokens, snapshots = self.sample_tokens(
+            n, labels, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+            generator=generator, progress=progress, use_cache=use_cache, snapshot_every=1 if return_trace else None)
+        out = tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
+        if not return_trace:
+            return out
+        frames = torch.stack([self.partial_decode(part) for _, part in snapshots])  # (L, n, 1, H, W)
+        return out, {"frames": frames, "tokens": tokens.view(n, self.grid, self.grid).cpu(),
+                     "steps": [t for t, _ in snapshots], "passes": self.seq_len}
+
+    @torch.no_grad()
+    def partial_decode(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Canvas of partly generated images from their first t tokens (n, t): the missing tokens are
+        filled with the prefix's most common code (usually background) and their patches greyed out."""
+        n, t = prefix.shape
+        patch = self.tokenizer.config.image_size // self.grid
+        fill = prefix.flatten().mode().values if t else torch.tensor(0, device=prefix.device)
+        full = torch.cat([prefix, fill.expand(n, self.seq_len - t)], dim=1)  # (n, L)
+        images = self.to_images(full).cpu()  # (n, 1, H, W)
+        todo = (torch.arange(self.seq_len) >= t).view(self.grid, self.grid).float()  # (grid, grid)
+        todo = todo.repeat_interleave(patch, 0).repeat_interleave(patch, 1).bool()  # (H, W)
+        return images.masked_fill(todo, 0.5)
+
+
+PRESETS = {
+    "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
+    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=64, lr=1e-3, ema=0.998),
+    "gpu": dict(config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999),
+}
+DATA = dict(name="mnist-subset")
+TOKENIZER = "vq"  # the CLI trains (or reuses) this model first and puts it inside

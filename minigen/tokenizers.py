@@ -1,0 +1,243 @@
+"""Image tokenizers: a 28x28 image <-> a 7x7 grid of tokens, the vocabulary every token model uses.
+
+VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning"): a conv encoder
+downsamples by 4, each latent vector snaps to its nearest codebook entry (straight-through gradient),
+a conv decoder maps the codes back. ConvEncoder / ConvDecoder / VectorQuantizer are the shared parts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class VQConfig:
+    image_size: int = 28  # input images are image_size x image_size, one channel, values in [0, 1]
+    channels: int = 64  # conv width at the latent resolution (half of it at the middle one)
+    n_res: int = 2  # residual blocks at the latent resolution, in the encoder and in the decoder
+    latent_dim: int = 16  # dimension of a token vector: low, so nearest-code search is meaningful
+    n_codes: int = 256  # codebook size = vocabulary of the token models
+    beta: float = 0.25  # commitment weight: how hard the encoder is pulled towards its code
+    restart_every: int = 100  # training steps between dead-code restarts; 0 disables them
+    dead_below: float = 1.0  # a code used less than this many times per batch (moving average) is dead
+    usage_decay: float = 0.99  # decay of that moving average of usage counts
+
+    def __post_init__(self):
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (two stride-2 stages), got {self.image_size}")
+        if self.n_codes < 2 or self.latent_dim < 1:
+            raise ValueError(f"need n_codes >= 2 and latent_dim >= 1, got {self.n_codes}, {self.latent_dim}")
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """Images (B, 1, H, W) -> latents (B, out_dim, H/4, W/4)."""
+
+    def __init__(self, channels: int, n_res: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels // 2, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1),  # 14 -> 7
+            *[ResBlock(channels) for _ in range(n_res)], nn.ReLU(),
+            nn.Conv2d(channels, out_dim, 1))
+
+    def forward(self, images):
+        return self.net(2 * images - 1)  # centred input
+
+
+class ConvDecoder(nn.Module):
+    """Latents (B, in_dim, H/4, W/4) -> pixel logits (B, 1, H, W); sigmoid gives the image."""
+
+    def __init__(self, channels: int, n_res: int, in_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_dim, channels, 3, padding=1),
+            *[ResBlock(channels) for _ in range(n_res)], nn.ReLU(),
+            nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(channels // 2, 1, 4, stride=2, padding=1))  # 14 -> 28
+
+    def forward(self, latents):
+        return self.net(latents)
+
+
+class VectorQuantizer(nn.Module):
+    """Snap each latent vector to its nearest codebook entry.
+
+    Loss: ||sg(z) - e||^2 moves codes towards encoder outputs, beta * ||z - sg(e)||^2 keeps the
+    encoder committed to its codes; the decoder's gradient passes straight through (z + sg(e - z)).
+    Codes nobody picks get no gradient and stay dead, so every `restart_every` training steps the
+    codes whose moving-average usage fell below `dead_below` jump to random encoder outputs of the batch.
+    """
+
+    def __init__(self, n_codes: int, dim: int, beta: float = 0.25, restart_every: int = 100,
+                 dead_below: float = 1.0, usage_decay: float = 0.99):
+        super().__init__()
+        self.n_codes, self.beta = n_codes, beta
+        self.restart_every, self.dead_below, self.usage_decay = restart_every, dead_below, usage_decay
+        self.codebook = nn.Embedding(n_codes, dim)
+        nn.init.uniform_(self.codebook.weight, -1 / n_codes, 1 / n_codes)  # as in the paper: all near 0
+        self.register_buffer("usage", torch.full((n_codes,), float(dead_below)))  # assignments per batch
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("restarted", torch.zeros((), dtype=torch.long))  # codes restarted so far
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Vectors (N, D) -> index of the nearest code (N,), by squared Euclidean distance."""
+        codes = self.codebook.weight  # (K, D)
+        dist = flat.square().sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.square().sum(1)  # (N, K)
+        return dist.argmin(1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code ids (B, h, w) -> code vectors (B, D, h, w)."""
+        return self.codebook(codes).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor):
+        """Latents (B, D, h, w) -> (quantised latents with straight-through gradient, codes (B, h, w), loss)."""
+        B, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (N, D)
+        codes = self.nearest(flat.detach())  # (N,)
+        quant = self.codebook(codes)  # (N, D)
+        loss = F.mse_loss(quant, flat.detach()) + self.beta * F.mse_loss(flat, quant.detach())
+        if self.training:
+            self._track_and_restart(flat.detach(), codes)
+        quant = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
+        return quant.view(B, h, w, D).permute(0, 3, 1, 2), codes.view(B, h, w), loss
+
+    @torch.no_grad()
+    def _track_and_restart(self, flat: torch.Tensor, codes: torch.Tensor):
+        counts = torch.bincount(codes, minlength=self.n_codes).float()  # (K,)
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        self.steps += 1
+        if not self.restart_every or int(self.steps) % self.restart_every:
+            return
+        dead = (self.usage < self.dead_below).nonzero().flatten()  # (k,)
+        if len(dead) == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (len(dead),), device=flat.device)
+        self.codebook.weight.data[dead] = flat[pick]
+        # a fresh code gets the average usage, i.e. some hundred steps to attract vectors before judgement
+        self.usage[dead] = flat.shape[0] / self.n_codes
+        self.restarted += len(dead)
+
+    def active_fraction(self) -> float:
+        """Fraction of codes whose moving-average usage is above the dead threshold."""
+        return float((self.usage >= self.dead_below).float().mean())
+
+
+def codebook_usage(codes: torch.Tensor, n_codes: int) -> dict:
+    """Usage of a codebook over a set of code ids: counts (K,), perplexity exp(H) (K if uniform,
+    1 if a single code is used) and the fraction of codes used at least once."""
+    counts = torch.bincount(codes.flatten().long().cpu(), minlength=n_codes).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"counts": counts, "perplexity": float(entropy.exp()), "used_fraction": float((counts > 0).float().mean())}
+
+
+class VQVAE(nn.Module):
+    """Encoder -> vector quantiser -> decoder. encode(images) gives token grids, decode(tokens) images."""
+
+    Config = VQConfig
+
+    def __init__(self, config: VQConfig):
+        super().__init__()
+        self.config = c = config
+        self.grid = c.image_size // 4
+        self.encoder = ConvEncoder(c.channels, c.n_res, c.latent_dim)
+        self.quantizer = VectorQuantizer(c.n_codes, c.latent_dim, c.beta, c.restart_every, c.dead_below,
+                                         c.usage_decay)
+        self.decoder = ConvDecoder(c.channels, c.n_res, c.latent_dim)
+        self._last = {}
+
+    def check_images(self, images: torch.Tensor):
+        s = self.config.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (1, s, s):
+            raise ValueError(f"expected images (B, 1, {s}, {s}), got {tuple(images.shape)}")
+        if not images.dtype.is_floating_point:
+            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+
+    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        g, k = self.grid, self.config.n_codes
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (g, g):
+            raise ValueError(f"expected token grids (B, {g}, {g}), got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be integer code ids, got dtype {tokens.dtype}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= k):
+            raise ValueError(f"token ids must lie in [0, {k}), got min {int(tokens.min())}, max {int(tokens.max())}")
+        return tokens.long()
+
+    def forward(self, images: torch.Tensor):
+        """Images (B, 1, H, W) -> (reconstruction logits (B, 1, H, W), codes (B, g, g), quantiser loss)."""
+        self.check_images(images)
+        quant, codes, vq_loss = self.quantizer(self.encoder(images))  # (B, D, g, g), (B, g, g)
+        return self.decoder(quant), codes, vq_loss
+
+    def loss(self, batch) -> torch.Tensor:
+        """Reconstruction cross-entropy per pixel + codebook and commitment losses."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        logits, _, vq_loss = self(images)
+        # pixels are near-binary: cross-entropy keeps its gradient where a sigmoid + MSE saturates
+        recon = F.binary_cross_entropy_with_logits(logits, images)
+        self._last = {"mse": F.mse_loss(torch.sigmoid(logits.detach()), images).item()}
+        return recon + vq_loss
+
+    def train_status(self) -> dict:
+        """Shown in fit()'s progress bar: last reconstruction MSE and the share of live codes."""
+        if not self._last:
+            return {}
+        q = self.quantizer
+        return {"mse": f"{self._last['mse']:.4f}", "live": f"{q.active_fraction():.0%}", "restarted": int(q.restarted)}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] -> token grids (B, H/4, W/4) of code ids."""
+        self.check_images(images)
+        z = self.encoder(images)  # (B, D, g, g)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*g*g, D)
+        return self.quantizer.nearest(flat).view(images.shape[0], self.grid, self.grid)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token grids (B, g, g) -> images (B, 1, H, W) in [0, 1]."""
+        tokens = self.check_tokens(tokens).to(self.quantizer.codebook.weight.device)
+        return torch.sigmoid(self.decoder(self.quantizer.lookup(tokens)))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
+        """Reconstruction MSE per pixel and codebook usage on a set of images (N, 1, H, W)."""
+        was_training = self.training
+        self.eval()
+        device = self.quantizer.codebook.weight.device
+        codes, sq_err = [], 0.0
+        for chunk in images.split(batch_size):
+            chunk = chunk.to(device)
+            tok = self.encode(chunk)
+            sq_err += float((self.decode(tok) - chunk).square().sum())
+            codes.append(tok.cpu())
+        self.train(was_training)
+        usage = codebook_usage(torch.cat(codes), self.config.n_codes)
+        return {"mse": sq_err / images.numel(), "perplexity": usage["perplexity"],
+                "used_fraction": usage["used_fraction"], "counts": usage["counts"],
+                "bits_per_image": self.grid ** 2 * math.log2(self.config.n_codes)}
+
+
+PRESETS = {
+    "smoke": dict(config=dict(channels=16, n_res=1, restart_every=10), steps=30, batch_size=32, lr=2e-3),
+    "cpu": dict(config=dict(channels=64, n_res=2), steps=3000, batch_size=64, lr=2e-3),
+    "gpu": dict(config=dict(channels=128, n_res=2), steps=8000, batch_size=128, lr=1e-3),
+}
+DATA = dict(name="mnist-subset")
