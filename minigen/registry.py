@@ -18,6 +18,7 @@ MODELS = {
     "pixel": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
     "vq": ("minigen.tokenizers", "VQVAE", "PRESETS", "DATA"),
     "token": ("minigen.token_ar", "TokenGPT", "PRESETS", "DATA"),
+    "maskgit": ("minigen.masked_ar", "MaskGIT", "PRESETS", "DATA"),
     "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
 }
 

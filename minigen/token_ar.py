@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
                         sample_logits)
-from minigen.tokenizers import VQVAE, VQConfig
+from minigen.tokenizers import OnTokenizer, VQConfig
 from minigen.train import progress_bar
 
 
@@ -142,7 +142,7 @@ class TokenGPTConfig:
     dropout: float = 0.1  # dropout inside the transformer: 4,500 images overfit quickly
 
 
-class TokenGPT(RasterGPT):
+class TokenGPT(OnTokenizer, RasterGPT):
     """A GPT over the grid x grid VQ tokens of an image in raster order, with the tokenizer inside.
 
     The tokenizer is frozen and saved with the model, so `sample` returns images and a checkpoint
@@ -156,39 +156,8 @@ class TokenGPT(RasterGPT):
         grid = vq_config.image_size // 4
         super().__init__(grid * grid, vq_config.n_codes, config.n_classes, config.class_drop,
                          config.n_layer, config.n_head, config.n_embd, config.dropout)
-        self.config, self.grid = config, grid
-        self.tokenizer = VQVAE(vq_config).requires_grad_(False).eval()
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: VQVAE, **config) -> "TokenGPT":
-        """A new TokenGPT holding a copy of a trained tokenizer's weights."""
-        model = cls(TokenGPTConfig(tokenizer=dataclasses.asdict(tokenizer.config), **config))
-        model.set_tokenizer(tokenizer)
-        return model
-
-    def set_tokenizer(self, tokenizer: VQVAE):
-        if tokenizer.config != self.tokenizer.config:
-            raise ValueError(f"tokenizer config {tokenizer.config} differs from the model's {self.tokenizer.config}")
-        self.tokenizer.load_state_dict(tokenizer.state_dict())
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.tokenizer.eval()  # frozen: no dead-code restarts, deterministic encoding
-        return self
-
-    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) in [0, 1] or token grids (B, grid, grid) / (B, L) -> tokens (B, L)."""
-        if x.dtype.is_floating_point:
-            return self.tokenizer.encode(x).flatten(1)  # (B, L)
-        if x.dim() == 3 and tuple(x.shape[1:]) == (self.grid, self.grid):
-            x = x.flatten(1)
-        if x.dim() != 2 or x.shape[1] != self.seq_len:
-            raise ValueError(f"expected token grids (B, {self.grid}, {self.grid}) or (B, {self.seq_len}), "
-                             f"got {tuple(x.shape)}")
-        return self.check_tokens(x)
-
-    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.decode(tokens.view(-1, self.grid, self.grid))  # (B, 1, H, W)
+        self.config = config
+        self.attach_tokenizer(vq_config)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
@@ -207,27 +176,15 @@ class TokenGPT(RasterGPT):
         out = tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
         if not return_trace:
             return out
-        frames = torch.stack([self.partial_decode(part) for _, part in snapshots])  # (L, n, 1, H, W)
+        frames = torch.stack([self.canvas(F.pad(prefix, (0, self.seq_len - t), value=-1))
+                              for t, prefix in snapshots])  # (L, n, 1, H, W)
         return out, {"frames": frames, "tokens": tokens.view(n, self.grid, self.grid).cpu(),
                      "steps": [t for t, _ in snapshots], "passes": self.seq_len}
-
-    @torch.no_grad()
-    def partial_decode(self, prefix: torch.Tensor) -> torch.Tensor:
-        """Canvas of partly generated images from their first t tokens (n, t): the missing tokens are
-        filled with the prefix's most common code (usually background) and their patches greyed out."""
-        n, t = prefix.shape
-        patch = self.tokenizer.config.image_size // self.grid
-        fill = prefix.flatten().mode().values if t else torch.tensor(0, device=prefix.device)
-        full = torch.cat([prefix, fill.expand(n, self.seq_len - t)], dim=1)  # (n, L)
-        images = self.to_images(full).cpu()  # (n, 1, H, W)
-        todo = (torch.arange(self.seq_len) >= t).view(self.grid, self.grid).float()  # (grid, grid)
-        todo = todo.repeat_interleave(patch, 0).repeat_interleave(patch, 1).bool()  # (H, W)
-        return images.masked_fill(todo, 0.5)
 
 
 PRESETS = {
     "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
-    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=64, lr=1e-3, ema=0.998),
+    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=32, lr=1e-3, ema=0.998),
     "gpu": dict(config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999),
 }
 DATA = dict(name="mnist-subset")

@@ -6,6 +6,7 @@ a conv decoder maps the codes back. ConvEncoder / ConvDecoder / VectorQuantizer 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -241,3 +242,60 @@ PRESETS = {
     "gpu": dict(config=dict(channels=128, n_res=2), steps=8000, batch_size=128, lr=1e-3),
 }
 DATA = dict(name="mnist-subset")
+
+
+class OnTokenizer:
+    """Mixin for generative models over a frozen tokenizer's grid (token GPT, MaskGIT, ...).
+
+    The tokenizer lives inside the model (saved with it, never trained by it), so `sample` can
+    return images and a checkpoint is self-contained. Call `attach_tokenizer` in __init__.
+    """
+
+    def attach_tokenizer(self, config: VQConfig):
+        self.tokenizer = VQVAE(config).requires_grad_(False).eval()
+        self.grid = config.image_size // 4
+        self.seq_len, self.vocab_size = self.grid ** 2, config.n_codes
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: VQVAE, **config):
+        """A new model holding a copy of a trained tokenizer's weights; `config` sets the other fields."""
+        model = cls(cls.Config(tokenizer=dataclasses.asdict(tokenizer.config), **config))
+        model.set_tokenizer(tokenizer)
+        return model
+
+    def set_tokenizer(self, tokenizer: VQVAE):
+        if tokenizer.config != self.tokenizer.config:
+            raise ValueError(f"tokenizer config {tokenizer.config} differs from the model's {self.tokenizer.config}")
+        self.tokenizer.load_state_dict(tokenizer.state_dict())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: no dead-code restarts, deterministic encoding
+        return self
+
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] or token grids (B, g, g) / (B, L) -> checked tokens (B, L)."""
+        if x.dtype.is_floating_point:
+            return self.tokenizer.encode(x).flatten(1)  # (B, L)
+        if x.dim() == 2 and x.shape[1] == self.seq_len:
+            x = x.view(-1, self.grid, self.grid)
+        if x.dim() != 3 or tuple(x.shape[1:]) != (self.grid, self.grid):
+            raise ValueError(f"expected token grids (B, {self.grid}, {self.grid}) or (B, {self.seq_len}), "
+                             f"got {tuple(x.shape)}")
+        return self.tokenizer.check_tokens(x).flatten(1)  # (B, L)
+
+    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(tokens.reshape(-1, self.grid, self.grid))  # (B, 1, H, W)
+
+    @torch.no_grad()
+    def canvas(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Partly generated images from tokens (n, L) with -1 where not generated yet: the missing tokens
+        are filled with the most common known code (usually background) and their patches greyed out."""
+        n = tokens.shape[0]
+        known = tokens >= 0
+        fill = tokens[known].mode().values if known.any() else torch.zeros((), dtype=torch.long)
+        images = self.to_images(torch.where(known, tokens, fill).to(self.tokenizer.quantizer.codebook.weight.device))
+        patch = self.tokenizer.config.image_size // self.grid
+        hidden = (~known).view(n, 1, self.grid, self.grid)
+        hidden = hidden.repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (n, 1, H, W)
+        return images.cpu().masked_fill(hidden.cpu(), 0.5)

@@ -137,6 +137,8 @@ def test_sampling_is_reproducible_and_matches_probabilities():
     assert torch.equal(a, b)
     freq = torch.bincount(a, minlength=3).float() / 20000
     assert (freq - probs).abs().max() < 0.015  # ~5 standard errors
+    sparse = sample_from_probs(torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0]).expand(5000, 5), torch.Generator().manual_seed(2))
+    assert set(sparse.unique().tolist()) == {1, 3}  # zero-probability indices are never drawn
     tokens = sample_logits(torch.randn(4, 7, 5), top_k=1)
     assert tokens.shape == (4, 7)
 

@@ -1,0 +1,134 @@
+"""`python -m minigen.bench`: sampling speed of every paradigm, and the ratios that matter, in one run.
+
+Times are measured side by side on one device in one process, so ratios are meaningful even where
+absolute times are not. Models are the preset's sizes; pass trained checkpoints (--checkpoint
+NAME=PATH) to also report likelihoods, otherwise weights are freshly initialised (speed only: the
+work per pass does not depend on the weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minigen import registry
+from minigen.train import device_name, load_model, pick_device, preset, seed_everything
+
+# paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
+VARIANTS = {
+    "pixelgpt": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
+    "pixel": [("windowed", {})],
+    "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
+}
+# side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
+RATIOS = [
+    ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
+    ("pixelgpt: KV cache vs recompute", "pixelgpt", "recompute", "pixelgpt", "KV cache"),
+    ("token GPT (49 passes) vs Gated PixelCNN (784)", "pixel", "windowed", "token", "KV cache"),
+]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
+    """Seconds per call of model.sample(batch, ...), after one warm-up call."""
+    labels = torch.arange(batch) % model.config.n_classes if model.config.n_classes else None
+    model.sample(batch, labels, generator=torch.Generator().manual_seed(0), **kwargs)
+    _sync(device)
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        model.sample(batch, labels, generator=torch.Generator().manual_seed(r + 1), **kwargs)
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def passes_per_image(name: str, model) -> int:
+    """Sequential network passes one image needs (the decoder pass of a tokenizer not counted)."""
+    if name == "pixel":
+        return model.config.image_size ** 2
+    return model.seq_len
+
+
+def build(name: str, preset_name: str, checkpoints: dict, device):
+    if name in checkpoints:
+        return load_model(checkpoints[name], device=device), True
+    seed_everything(0)
+    model = registry.recipe(name, preset_name)["model"]
+    return model.to(device).eval(), False
+
+
+def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None) -> dict:
+    device = pick_device(device)
+    unknown = sorted(set(paradigms) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"no benchmark for {unknown}; choose from {sorted(VARIANTS)}")
+    rows = []
+    for name in paradigms:
+        model, trained = build(name, preset_name, checkpoints, device)
+        for label, kwargs in VARIANTS[name]:
+            for batch in batches:
+                seconds = time_sampler(model, batch, repeats, device, **kwargs)
+                rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model),
+                                 seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained))
+    lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
+    ratios = []
+    for title, slow_p, slow_v, fast_p, fast_v in RATIOS:
+        for batch in batches:
+            if (slow_p, slow_v, batch) in lookup and (fast_p, fast_v, batch) in lookup:
+                ratios.append(dict(ratio=title, batch=batch,
+                                   speedup=lookup[(slow_p, slow_v, batch)] / lookup[(fast_p, fast_v, batch)]))
+    return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+            "preset": preset_name, "repeats": repeats, "rows": rows, "ratios": ratios}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"device: {report['device']} | torch {report['torch']} | preset {report['preset']} | "
+             f"repeats {report['repeats']}", "",
+             f"{'paradigm':<10} {'variant':<11} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10}"]
+    for r in report["rows"]:
+        lines.append(f"{r['paradigm']:<10} {r['variant']:<11} {r['batch']:>5} {r['passes']:>6} "
+                     f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f}")
+    lines += ["", f"{'side by side':<48} {'batch':>5} {'speed-up':>9}"]
+    for r in report["ratios"]:
+        lines.append(f"{r['ratio']:<48} {r['batch']:>5} {r['speedup']:>8.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None, help="model sizes (default: detected)")
+    parser.add_argument("--paradigms", nargs="*", default=sorted(VARIANTS), help=f"subset of {sorted(VARIANTS)}")
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="use trained weights for a paradigm (repeatable)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    try:
+        if any("=" not in item for item in args.checkpoint):
+            raise ValueError(f"--checkpoint takes NAME=PATH, got {args.checkpoint}")
+        checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+        if any(b < 1 for b in args.batches) or args.repeats < 1:
+            raise ValueError("batches and repeats must be positive")
+        report = run(args.paradigms, preset(args.preset), args.batches, args.repeats, checkpoints, args.device)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

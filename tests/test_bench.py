@@ -1,0 +1,30 @@
+import json
+
+from minigen import bench
+from minigen.train import save_checkpoint
+
+
+def test_bench_smoke_reports_rows_ratios_and_device(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--preset", "smoke", "--paradigms", "token", "pixelgpt", "--batches", "1", "2",
+                       "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"].startswith("cpu") and report["torch"]
+    assert {(r["paradigm"], r["variant"], r["batch"]) for r in report["rows"]} == {
+        (p, v, b) for p in ("token", "pixelgpt") for v in ("KV cache", "recompute") for b in (1, 2)}
+    token_rows = [r for r in report["rows"] if r["paradigm"] == "token"]
+    assert all(r["passes"] == 49 and r["seconds_per_batch"] > 0 and not r["trained"] for r in token_rows)
+    ratios = {(r["ratio"], r["batch"]) for r in report["ratios"]}
+    assert ("token: KV cache vs recompute", 2) in ratios
+    assert "token: KV cache vs recompute" in capsys.readouterr().out
+
+
+def test_bench_uses_given_checkpoints_and_rejects_unknown_names(tmp_path, capsys):
+    from minigen import registry
+    model = registry.recipe("token", "smoke")["model"]
+    save_checkpoint(tmp_path / "t.pt", model, step=1)
+    report = bench.run(["token"], "smoke", [1], 1, {"token": str(tmp_path / "t.pt")}, device="cpu")
+    assert all(r["trained"] for r in report["rows"])
+    assert bench.main(["--paradigms", "nope", "--preset", "smoke"]) == 2
+    assert bench.main(["--checkpoint", "token", "--preset", "smoke"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
