@@ -24,12 +24,14 @@ VARIANTS = {
     "pixelgpt": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
     "pixel": [("windowed", {})],
     "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
+    "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
 }
 # side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
 RATIOS = [
     ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
     ("pixelgpt: KV cache vs recompute", "pixelgpt", "recompute", "pixelgpt", "KV cache"),
     ("token GPT (49 passes) vs Gated PixelCNN (784)", "pixel", "windowed", "token", "KV cache"),
+    ("MaskGIT T=8 vs raster token GPT (KV cache)", "token", "KV cache", "maskgit", "T=8"),
 ]
 
 
@@ -50,10 +52,12 @@ def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def passes_per_image(name: str, model) -> int:
+def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
     """Sequential network passes one image needs (the decoder pass of a tokenizer not counted)."""
     if name == "pixel":
         return model.config.image_size ** 2
+    if name == "maskgit":
+        return int(variant_kwargs.get("steps", 8))
     return model.seq_len
 
 
@@ -76,7 +80,7 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
         for label, kwargs in VARIANTS[name]:
             for batch in batches:
                 seconds = time_sampler(model, batch, repeats, device, **kwargs)
-                rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model),
+                rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model, kwargs),
                                  seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained))
     lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
     ratios = []

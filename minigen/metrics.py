@@ -1,9 +1,12 @@
-"""Likelihood metrics shared by every paradigm: nats per image and bits per dimension."""
+"""Metrics shared by every paradigm: nats per image, bits per dimension, and sample quality for digits
+(a small CNN classifier's Frechet distance and class accuracy)."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from minigen.train import to_device
@@ -31,3 +34,86 @@ def dataset_nll(model, dataset: Dataset, batch_size: int = 256, device=None) -> 
         count += nll.shape[0]
     model.train(was_training)
     return total / count
+
+
+# --- sample quality for digits: a small classifier as the yardstick ---------------------------------
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 28x28 digits. Its 128-d penultimate features define the "classifier FID"
+    (a domain-specific Frechet distance, *not* the Inception FID of the literature) and its
+    predictions the class accuracy of class-conditional samples."""
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1), nn.ReLU(),
+                              nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.drop = nn.Dropout(0.3)
+        self.out = nn.Linear(128, n_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"expected images (B, 1, 28, 28), got {tuple(images.shape)}")
+        return self.body(2 * images.float() - 1)  # (B, 128)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.features(images)))  # (B, n_classes)
+
+    def loss(self, batch) -> torch.Tensor:
+        images, labels = batch
+        if self.training:  # random shifts of up to 2 pixels: 4,500 digits are few
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
+            images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+        return F.cross_entropy(self(images), labels)
+
+
+def digit_classifier(dataset: str = "mnist-subset", steps: int = 2000, device=None, progress: bool = False):
+    """The yardstick classifier for `dataset`, trained on its train split on first use and cached in data/."""
+    from minigen.data import data_dir, load_images, make_loader  # here: data imports nothing from metrics
+    from minigen.train import pick_device, seed_everything, train_or_load
+    device = pick_device(device)
+    seed_everything(0)
+    model = DigitClassifier()
+    train_or_load(model, data_dir() / f"classifier_{dataset}.pt", make_loader(load_images(dataset, "train"), 64),
+                  steps=steps, lr=2e-3, device=device, progress=progress, desc="classifier")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def classifier_outputs(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 500):
+    """(features (N, 128), predicted classes (N,)) for images (N, 1, 28, 28), on the CPU."""
+    device = next(classifier.parameters()).device
+    feats, preds = [], []
+    for chunk in images.split(batch_size):
+        f = classifier.features(chunk.to(device))
+        feats.append(f.double().cpu())
+        preds.append(classifier.out(f).argmax(1).cpu())
+    return torch.cat(feats), torch.cat(preds)
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets."""
+    if feats_a.dim() != 2 or feats_b.dim() != 2 or feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"need two (N, D) feature sets of the same D, got {tuple(feats_a.shape)}, {tuple(feats_b.shape)}")
+    if min(len(feats_a), len(feats_b)) < 2:
+        raise ValueError("need at least 2 samples in each set")
+    a, b = feats_a.double(), feats_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
+
+
+def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> dict:
+    """Classifier FID of samples against reference images, and (given the requested labels) the
+    fraction of samples the classifier assigns to the requested class."""
+    feats, preds = classifier_outputs(classifier, samples)
+    ref_feats, _ = classifier_outputs(classifier, reference)
+    out = {"fid": frechet_distance(feats, ref_feats), "n": len(samples)}
+    if labels is not None:
+        out["class_accuracy"] = float((preds == torch.as_tensor(labels).cpu()).float().mean())
+    return out

@@ -103,3 +103,14 @@ def test_cli_trains_the_tokenizer_then_the_token_gpt(tmp_path):
     before = (tmp_path / "vq-smoke" / "model.pt").stat().st_mtime_ns
     assert main(["train", "token", "--preset", "smoke", "--out", str(out), "--steps", "2", "--n", "2"]) == 0
     assert (tmp_path / "vq-smoke" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_cli_trains_maskgit_on_a_given_tokenizer(tmp_path):
+    assert main(["train", "vq", "--preset", "smoke", "--out", str(tmp_path / "myvq"), "--n", "4"]) == 0
+    out = tmp_path / "maskgit"
+    assert main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--n", "10",
+                 "--tokenizer", str(tmp_path / "myvq" / "model.pt")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "maskgit" and metrics["samples_per_second"] > 0
+    assert not (tmp_path / "vq-smoke").exists()  # the given tokenizer was used, none trained
+    assert main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--tokenizer", str(tmp_path / "nope.pt")]) == 2

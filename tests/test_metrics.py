@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from minigen.data import ImageDataset, make_loader
+from minigen.metrics import DigitClassifier, bits_per_dim, classifier_outputs, frechet_distance, sample_quality
+from minigen.train import fit
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+    torch.manual_seed(0)
+    n, d = 200000, 3
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.5, 1.0, 0.0])
+    sd_a, sd_b = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.0, 1.0, 1.5])
+    a = mu_a + sd_a * torch.randn(n, d)
+    b = mu_b + sd_b * torch.randn(n, d)
+    # diagonal covariances commute: FD = |mu_a - mu_b|^2 + sum (sd_a - sd_b)^2
+    exact = float((mu_a - mu_b).square().sum() + (sd_a - sd_b).square().sum())
+    assert frechet_distance(a, b) == pytest.approx(exact, abs=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # a rotation of both sets leaves the distance unchanged
+    q, _ = torch.linalg.qr(torch.randn(d, d))
+    assert frechet_distance(a @ q, b @ q) == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(a, b[:, :2])
+
+
+def test_classifier_learns_and_sample_quality_reports_accuracy():
+    torch.manual_seed(0)
+    images = torch.zeros(400, 1, 28, 28)
+    labels = torch.arange(400) % 4
+    for i in range(400):  # four classes: a bar in one of four places, with noise
+        k = int(labels[i])
+        images[i, 0, 6 * k + 2: 6 * k + 6, 4:24] = 1.0
+    images = (images + 0.2 * torch.rand_like(images)).clamp(0, 1)
+    model = DigitClassifier(n_classes=4)
+    fit(model, make_loader(ImageDataset(images[:300], labels[:300]), 32), steps=60, lr=2e-3, progress=False)
+    _, preds = classifier_outputs(model, images[300:])
+    assert (preds == labels[300:]).float().mean() > 0.95
+    q = sample_quality(model, images[300:], images[:300], labels=labels[300:])
+    assert q["class_accuracy"] > 0.95 and q["n"] == 100
+    wrong = sample_quality(model, images[300:], images[:300], labels=(labels[300:] + 1) % 4)
+    assert wrong["class_accuracy"] < 0.05
+    noise = sample_quality(model, torch.rand(100, 1, 28, 28), images[:300])
+    assert noise["fid"] > 10 * q["fid"]
+    with pytest.raises(ValueError, match="28, 28"):
+        model.features(torch.rand(2, 1, 14, 14))
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        bits_per_dim(1.0, 0)
