@@ -180,6 +180,15 @@ def split_indices(labels: np.ndarray, test_per_class: int, seed: int = 0) -> tup
     return train, test
 
 
+def check_images(images: torch.Tensor, size: int):
+    """Fail clearly unless images is a float tensor (B, 1, size, size), the layout every model takes."""
+    if not torch.is_tensor(images) or images.dim() != 4 or tuple(images.shape[1:]) != (1, size, size):
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"expected images (B, 1, {size}, {size}), got {shape}")
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+
+
 class ImageDataset(Dataset):
     """Images as float (N, 1, H, W) in [0, 1] with integer labels; items are (image, label)."""
 

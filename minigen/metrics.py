@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from minigen.data import check_images
 from minigen.train import to_device
 
 
@@ -52,8 +53,7 @@ class DigitClassifier(nn.Module):
         self.out = nn.Linear(128, n_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"expected images (B, 1, 28, 28), got {tuple(images.shape)}")
+        check_images(images, 28)
         return self.body(2 * images.float() - 1)  # (B, 128)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from minigen.data import check_images
 from minigen.nn import check_labels, check_sampling_args, sample_logits
 from minigen.token_ar import RasterGPT
 from minigen.train import progress_bar
@@ -42,11 +43,7 @@ class PixelGPT(RasterGPT):
 
     def to_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) in [0, 1] -> pixel tokens (B, D) in [0, n_levels)."""
-        s = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, s, s):
-            raise ValueError(f"expected images (B, 1, {s}, {s}), got {tuple(images.shape)}")
-        if not images.dtype.is_floating_point:
-            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+        check_images(images, self.config.image_size)
         return (images.clamp(0, 1) * (self.config.n_levels - 1)).round().long().flatten(1)  # (B, D)
 
     def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -165,11 +162,7 @@ class GatedPixelCNN(nn.Module):
                                   nn.Conv2d(c.head_channels, self.out_channels, 1))
 
     def check_images(self, images: torch.Tensor):
-        s = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, s, s):
-            raise ValueError(f"expected images (B, 1, {s}, {s}), got {tuple(images.shape)}")
-        if not images.dtype.is_floating_point:
-            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+        check_images(images, self.config.image_size)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 1, H, W) in [0, 1] -> per-pixel logits over levels (B, L, H, W); the logits at

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigen.data import check_images
+
 
 @dataclass
 class VQConfig:
@@ -161,11 +163,7 @@ class VQVAE(nn.Module):
         self._last = {}
 
     def check_images(self, images: torch.Tensor):
-        s = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, s, s):
-            raise ValueError(f"expected images (B, 1, {s}, {s}), got {tuple(images.shape)}")
-        if not images.dtype.is_floating_point:
-            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+        check_images(images, self.config.image_size)
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         g, k = self.grid, self.config.n_codes
