@@ -19,6 +19,8 @@ MODELS = {
     "vq": ("minigen.tokenizers", "VQVAE", "PRESETS", "DATA"),
     "token": ("minigen.token_ar", "TokenGPT", "PRESETS", "DATA"),
     "maskgit": ("minigen.masked_ar", "MaskGIT", "PRESETS", "DATA"),
+    "msvq": ("minigen.tokenizers", "MultiScaleVQ", "MSVQ_PRESETS", "DATA"),
+    "var": ("minigen.scale_ar", "VAR", "PRESETS", "DATA"),
     "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
 }
 

@@ -113,12 +113,13 @@ class VectorQuantizer(nn.Module):
         quant = self.codebook(codes)  # (N, D)
         loss = F.mse_loss(quant, flat.detach()) + self.beta * F.mse_loss(flat, quant.detach())
         if self.training:
-            self._track_and_restart(flat.detach(), codes)
+            self.track_and_restart(flat.detach(), codes)
         quant = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
         return quant.view(B, h, w, D).permute(0, 3, 1, 2), codes.view(B, h, w), loss
 
     @torch.no_grad()
-    def _track_and_restart(self, flat: torch.Tensor, codes: torch.Tensor):
+    def track_and_restart(self, flat: torch.Tensor, codes: torch.Tensor):
+        """Update the moving-average usage with this batch's codes; every restart_every calls, move dead codes."""
         counts = torch.bincount(codes, minlength=self.n_codes).float()  # (K,)
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         self.steps += 1
@@ -234,6 +235,127 @@ class VQVAE(nn.Module):
                 "bits_per_image": self.grid ** 2 * math.log2(self.config.n_codes)}
 
 
+# --- VAR's multi-scale residual quantizer --------------------------------------------------
+
+@dataclass
+class MultiScaleVQConfig(VQConfig):
+    scales: tuple = (1, 2, 3, 4, 5, 7)  # side of the token map at each scale; the last is the latent grid
+    phi_mix: float = 0.5  # how much of each scale's upsampled codes goes through its phi convolution
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.scales = tuple(int(s) for s in self.scales)
+        grid = self.image_size // 4
+        if not self.scales or self.scales[-1] != grid or list(self.scales) != sorted(set(self.scales)):
+            raise ValueError(f"scales must increase strictly and end at the latent grid {grid}, got {self.scales}")
+
+
+class MultiScaleVQ(VQVAE):
+    """Tian et al. 2024 (VAR): the latent f is quantised coarse to fine with one shared codebook.
+
+    At scale k the remaining residual is area-downsampled to s_k x s_k and snapped to codes; their vectors
+    are upsampled back to the full grid, refined by a small convolution phi_k, added to the reconstruction
+    f_hat and subtracted from the residual. A scale's codes thus only describe what coarser scales missed.
+    """
+
+    Config = MultiScaleVQConfig
+
+    def __init__(self, config: MultiScaleVQConfig):
+        super().__init__(config)
+        self.phi = nn.ModuleList(nn.Conv2d(config.latent_dim, config.latent_dim, 3, padding=1) for _ in config.scales)
+
+    def scale_vectors(self, codes: torch.Tensor, k: int) -> torch.Tensor:
+        """Codes (B, s_k, s_k) of scale k -> their contribution to f_hat at full grid size (B, D, g, g)."""
+        up = self.quantizer.lookup(codes)  # (B, D, s_k, s_k)
+        if codes.shape[-1] != self.grid:
+            up = F.interpolate(up, size=(self.grid, self.grid), mode="bicubic", align_corners=False)
+        rho = self.config.phi_mix
+        return (1 - rho) * up + rho * self.phi[k](up)  # (B, D, g, g)
+
+    def quantize(self, z: torch.Tensor):
+        """Latents (B, D, g, g) -> (codes per scale [(B, s, s), ...], f_hat after each scale [(B, D, g, g), ...])."""
+        residual, f_hat = z, torch.zeros_like(z)
+        codes, partial = [], []
+        for k, s in enumerate(self.config.scales):
+            small = F.interpolate(residual, size=(s, s), mode="area") if s != self.grid else residual  # (B, D, s, s)
+            flat = small.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*s*s, D)
+            idx = self.quantizer.nearest(flat.detach())
+            if self.training:
+                self.quantizer.track_and_restart(flat.detach(), idx)
+            idx = idx.view(-1, s, s)
+            contribution = self.scale_vectors(idx, k)  # (B, D, g, g)
+            f_hat, residual = f_hat + contribution, residual - contribution
+            codes.append(idx)
+            partial.append(f_hat)
+        return codes, partial
+
+    def forward(self, images: torch.Tensor):
+        """Images -> (reconstruction logits, codes per scale, quantiser loss averaged over scales)."""
+        self.check_images(images)
+        z = self.encoder(images)  # (B, D, g, g)
+        codes, partial = self.quantize(z)
+        # codebook and phi learn to make every partial f_hat approach z; the encoder commits to the final one
+        vq_loss = sum(F.mse_loss(f, z.detach()) + self.config.beta * F.mse_loss(z, f.detach()) for f in partial)
+        f_hat = z + (partial[-1] - z).detach()  # straight-through into the decoder
+        return self.decoder(f_hat), codes, vq_loss / len(partial)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> list:
+        """Images (B, 1, H, W) -> codes per scale [(B, s_k, s_k) for s_k in scales]."""
+        self.check_images(images)
+        return self.quantize(self.encoder(images))[0]
+
+    def check_codes(self, codes) -> list:
+        if len(codes) < 1 or len(codes) > len(self.config.scales):
+            raise ValueError(f"expected codes for 1..{len(self.config.scales)} scales, got {len(codes)}")
+        out = []
+        for k, c in enumerate(codes):
+            s = self.config.scales[k]
+            if c.dim() != 3 or tuple(c.shape[1:]) != (s, s):
+                raise ValueError(f"codes of scale {k} must be (B, {s}, {s}), got {tuple(c.shape)}")
+            if c.dtype.is_floating_point or c.numel() and (c.min() < 0 or c.max() >= self.config.n_codes):
+                raise ValueError(f"token ids must lie in [0, {self.config.n_codes})")
+            out.append(c.long().to(self.quantizer.codebook.weight.device))
+        return out
+
+    @torch.no_grad()
+    def f_hat(self, codes) -> torch.Tensor:
+        """Codes of the first k scales -> the reconstruction f_hat they define (B, D, g, g)."""
+        codes = self.check_codes(codes)
+        return sum(self.scale_vectors(c, k) for k, c in enumerate(codes))
+
+    @torch.no_grad()
+    def decode(self, codes) -> torch.Tensor:
+        """Codes of the first k scales (all scales for the full image) -> images (B, 1, H, W) in [0, 1]."""
+        return torch.sigmoid(self.decoder(self.f_hat(codes)))
+
+    @torch.no_grad()
+    def next_scale_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
+        """VAR's teacher-forcing input for scale k >= 1: the current f_hat area-downsampled to s_k, (B, D, s_k, s_k)."""
+        s = self.config.scales[k]
+        return F.interpolate(f_hat, size=(s, s), mode="area") if s != self.grid else f_hat
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
+        """Reconstruction MSE per pixel after each scale, and usage of the shared codebook."""
+        was_training = self.training
+        self.eval()
+        device = self.quantizer.codebook.weight.device
+        sq = torch.zeros(len(self.config.scales))
+        codes = []
+        for chunk in images.split(batch_size):
+            chunk = chunk.to(device)
+            per_scale = self.encode(chunk)
+            for k in range(len(per_scale)):
+                sq[k] += float((self.decode(per_scale[: k + 1]) - chunk).square().sum())
+            codes.append(torch.cat([c.flatten(1) for c in per_scale], 1).cpu())
+        self.train(was_training)
+        usage = codebook_usage(torch.cat(codes), self.config.n_codes)
+        mse = (sq / images.numel()).tolist()
+        return {"mse": mse[-1], "mse_per_scale": mse, "perplexity": usage["perplexity"],
+                "used_fraction": usage["used_fraction"], "counts": usage["counts"]}
+
+
 PRESETS = {
     "smoke": dict(config=dict(channels=16, n_res=1, restart_every=10), steps=30, batch_size=32, lr=2e-3),
     "cpu": dict(config=dict(channels=64, n_res=2), steps=3000, batch_size=64, lr=2e-3),
@@ -249,8 +371,8 @@ class OnTokenizer:
     return images and a checkpoint is self-contained. Call `attach_tokenizer` in __init__.
     """
 
-    def attach_tokenizer(self, config: VQConfig):
-        self.tokenizer = VQVAE(config).requires_grad_(False).eval()
+    def attach_tokenizer(self, config: VQConfig, tokenizer_class=None):
+        self.tokenizer = (tokenizer_class or VQVAE)(config).requires_grad_(False).eval()
         self.grid = config.image_size // 4
         self.seq_len, self.vocab_size = self.grid ** 2, config.n_codes
 
@@ -297,3 +419,6 @@ class OnTokenizer:
         hidden = (~known).view(n, 1, self.grid, self.grid)
         hidden = hidden.repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (n, 1, H, W)
         return images.cpu().masked_fill(hidden.cpu(), 0.5)
+# the multi-scale quantizer calls its quantizer once per scale (6 times a step): restart every 100 steps
+MSVQ_PRESETS = {name: {**spec, "config": {**spec["config"], "restart_every": 6 * spec["config"].get("restart_every", 100)}}
+                for name, spec in PRESETS.items()}

@@ -114,3 +114,13 @@ def test_cli_trains_maskgit_on_a_given_tokenizer(tmp_path):
     assert metrics["model"] == "maskgit" and metrics["samples_per_second"] > 0
     assert not (tmp_path / "vq-smoke").exists()  # the given tokenizer was used, none trained
     assert main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--tokenizer", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_cli_trains_var_with_its_multiscale_tokenizer(tmp_path):
+    out = tmp_path / "var-smoke"
+    assert main(["train", "var", "--preset", "smoke", "--out", str(out), "--n", "10"]) == 0
+    vq_metrics = json.loads((tmp_path / "msvq-smoke" / "metrics.json").read_text())
+    assert 0 < vq_metrics["test_mse"] < 0.2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "var" and 0 < metrics["test_bits_per_token"] <= 8.5
+    assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "v.png")]) == 0
