@@ -25,6 +25,7 @@ VARIANTS = {
     "pixel": [("windowed", {})],
     "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
     "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
+    "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
 }
 # side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
 RATIOS = [
@@ -32,6 +33,8 @@ RATIOS = [
     ("pixelgpt: KV cache vs recompute", "pixelgpt", "recompute", "pixelgpt", "KV cache"),
     ("token GPT (49 passes) vs Gated PixelCNN (784)", "pixel", "windowed", "token", "KV cache"),
     ("MaskGIT T=8 vs raster token GPT (KV cache)", "token", "KV cache", "maskgit", "T=8"),
+    ("VAR (6 passes) vs raster token GPT (KV cache)", "token", "KV cache", "var", "KV cache"),
+    ("var: KV cache vs recompute", "var", "recompute", "var", "KV cache"),
 ]
 
 
@@ -61,6 +64,8 @@ def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
         return model.config.image_size ** 2
     if name == "maskgit":
         return int(variant_kwargs.get("steps", 8))
+    if name == "var":
+        return len(model.scales)
     return model.seq_len
 
 

@@ -6,14 +6,16 @@ from minigen.train import save_checkpoint
 
 def test_bench_smoke_reports_rows_ratios_and_device(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(["--preset", "smoke", "--paradigms", "token", "pixelgpt", "maskgit", "--batches", "1", "2",
+    assert bench.main(["--preset", "smoke", "--paradigms", "token", "pixelgpt", "maskgit", "var", "--batches", "1", "2",
                        "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["device"].startswith("cpu") and report["torch"]
     assert {(r["paradigm"], r["variant"], r["batch"]) for r in report["rows"]} == {
         (p, v, b) for p in ("token", "pixelgpt") for v in ("KV cache", "recompute") for b in (1, 2)} | {
-        ("maskgit", v, b) for v in ("T=8", "T=49") for b in (1, 2)}
+        ("maskgit", v, b) for v in ("T=8", "T=49") for b in (1, 2)} | {
+        ("var", v, b) for v in ("KV cache", "recompute") for b in (1, 2)}
     assert {r["passes"] for r in report["rows"] if r["paradigm"] == "maskgit"} == {8, 49}
+    assert {r["passes"] for r in report["rows"] if r["paradigm"] == "var"} == {6}
     token_rows = [r for r in report["rows"] if r["paradigm"] == "token"]
     assert all(r["passes"] == 49 and r["seconds_per_batch"] > 0 and not r["trained"] for r in token_rows)
     ratios = {(r["ratio"], r["batch"]) for r in report["ratios"]}
