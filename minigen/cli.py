@@ -135,7 +135,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=64, help="samples drawn for samples.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET/model.pt, trained if missing)")
+                   help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET or msvq-PRESET/model.pt, trained if missing)")
     p.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint")
