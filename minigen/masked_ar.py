@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
-                        sample_from_probs, warp_logits)
+from minigen import token_ar
+from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, sample_from_probs,
+                        warp_logits)
+from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
 from minigen.train import progress_bar
 
@@ -30,14 +32,8 @@ def masked_count(n_tokens: int, step: int, n_steps: int, schedule: str = "cosine
 
 
 @dataclass
-class MaskGITConfig:
+class MaskGITConfig(TokenModelConfig):
     tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
-    n_classes: int = 10  # class labels; 0 for an unconditional model
-    class_drop: float = 0.1  # probability of training with the null class (enables CFG)
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads
-    n_embd: int = 128  # residual width
-    dropout: float = 0.1  # dropout inside the transformer
     label_smoothing: float = 0.1  # on the masked-token cross-entropy, as in MaskGIT
 
 
@@ -103,8 +99,6 @@ class MaskGIT(OnTokenizer, nn.Module):
         return_trace=True also returns {"masked": count after each pass, "fixed_at": (n, g, g) pass that
         fixed each token, "tokens": (steps, n, g, g) with -1 for masked, "frames", "passes"}.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
         if not isinstance(steps, int) or not 1 <= steps <= self.seq_len:
             raise ValueError(f"steps must be an integer in [1, {self.seq_len}], got {steps!r}")
         if schedule not in SCHEDULES:
@@ -113,11 +107,7 @@ class MaskGIT(OnTokenizer, nn.Module):
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature!r}")
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         device = next(self.parameters()).device
-        if labels is not None:
-            labels = check_labels(labels, self.n_classes, n).to(device)
-        guided = labels is not None and cfg_scale != 1.0
-        if guided:
-            labels = torch.cat([labels, self.class_emb.null_labels(n, device)])
+        labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
         was_training = self.training
         self.eval()
         L = self.seq_len
@@ -160,10 +150,5 @@ class MaskGIT(OnTokenizer, nn.Module):
                      "passes": steps}
 
 
-PRESETS = {
-    "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
-    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=32, lr=1e-3, ema=0.998),
-    "gpu": dict(config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999),
-}
-DATA = dict(name="mnist-subset")
+PRESETS, DATA = token_ar.PRESETS, token_ar.DATA  # the raster GPT's sizes: notebook 05 compares the two
 TOKENIZER = "vq"

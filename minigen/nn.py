@@ -258,6 +258,20 @@ class ClassEmbedding(nn.Module):
     def null_labels(self, batch: int, device=None) -> torch.Tensor:
         return torch.full((batch,), self.null_id, dtype=torch.long, device=device or self.embed.weight.device)
 
+    def sampling_labels(self, n: int, labels, cfg_scale: float = 1.0):
+        """Checked labels for sampling n images, and whether guidance is on. With guidance (labels given,
+        cfg_scale != 1) the n labels are followed by n null labels: conditional and unconditional rows
+        run in one batch, and the sampler mixes their logits with cfg_mix."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if labels is None:
+            return None, False
+        device = self.embed.weight.device
+        labels = check_labels(labels, self.n_classes, n).to(device)
+        if cfg_scale == 1.0:
+            return labels, False
+        return torch.cat([labels, self.null_labels(n, device)]), True
+
 
 # --- sampling helpers ---------------------------------------------------------------
 

@@ -10,21 +10,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, cfg_mix, check_labels,
-                        check_sampling_args, sample_logits)
+from minigen import token_ar
+from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, cfg_mix, check_sampling_args,
+                        sample_logits)
+from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, OnTokenizer
 from minigen.train import progress_bar
 
 
 @dataclass
-class VARConfig:
+class VARConfig(TokenModelConfig):
     tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(MultiScaleVQConfig()))  # frozen tokenizer
-    n_classes: int = 10  # class labels; 0 for an unconditional model
-    class_drop: float = 0.1  # probability of training with the null class (enables CFG)
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads
-    n_embd: int = 128  # residual width
-    dropout: float = 0.1  # dropout inside the transformer
 
 
 class VAR(OnTokenizer, nn.Module):
@@ -114,15 +110,8 @@ class VAR(OnTokenizer, nn.Module):
         use_cache=False recomputes all earlier scales every pass (same codes, slower).
         return_trace=True also returns {"frames": (K, n, 1, H, W) decoded after each scale, "codes", "passes"}.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        device = self.head.weight.device
-        if labels is not None:
-            labels = check_labels(labels, self.n_classes, n).to(device)
-        guided = labels is not None and cfg_scale != 1.0
-        if guided:
-            labels = torch.cat([labels, self.class_emb.null_labels(n, device)])
+        labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
         rows, K = (2 * n if guided else n), len(self.scales)
         was_training = self.training
         self.eval()
@@ -151,10 +140,5 @@ class VAR(OnTokenizer, nn.Module):
         return out
 
 
-PRESETS = {
-    "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
-    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=32, lr=1e-3, ema=0.998),
-    "gpu": dict(config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999),
-}
-DATA = dict(name="mnist-subset")
+PRESETS, DATA = token_ar.PRESETS, token_ar.DATA  # the raster GPT's sizes: notebook 04 compares the two
 TOKENIZER = "msvq"

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
-                        sample_logits)
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, sample_logits
 from minigen.tokenizers import OnTokenizer, VQConfig
 from minigen.train import progress_bar
 
@@ -95,15 +94,9 @@ class RasterGPT(nn.Module):
         conditional and an unconditional copy of every row and the logits are mixed.
         Returns (tokens, snapshots): snapshots lists (t, tokens[:, :t]) every `snapshot_every` steps.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         device = next(self.parameters()).device
-        if labels is not None:
-            labels = check_labels(labels, self.n_classes, n).to(device)
-        guided = labels is not None and cfg_scale != 1.0
-        if guided:  # conditional and unconditional rows in one batch
-            labels = torch.cat([labels, self.class_emb.null_labels(n, device)])
+        labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
         rows = 2 * n if guided else n
         was_training = self.training
         self.eval()
@@ -132,14 +125,19 @@ class RasterGPT(nn.Module):
 # --- the raster GPT over VQ tokens ----------------------------------------------------
 
 @dataclass
-class TokenGPTConfig:
-    tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
+class TokenModelConfig:
+    """The fields every transformer over a tokenizer's codes shares (token GPT, MaskGIT, VAR)."""
     n_classes: int = 10  # class labels; 0 for an unconditional model
     class_drop: float = 0.1  # probability of training with the null class (enables CFG)
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # attention heads
     n_embd: int = 128  # residual width
     dropout: float = 0.1  # dropout inside the transformer: 4,500 images overfit quickly
+
+
+@dataclass
+class TokenGPTConfig(TokenModelConfig):
+    tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
 
 
 class TokenGPT(OnTokenizer, RasterGPT):
@@ -182,6 +180,8 @@ class TokenGPT(OnTokenizer, RasterGPT):
                      "steps": [t for t, _ in snapshots], "passes": self.seq_len}
 
 
+# MaskGIT (masked_ar) and VAR (scale_ar) reuse these, so that notebooks 04 and 05 compare models of
+# the same width, depth and training budget
 PRESETS = {
     "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
     "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=32, lr=1e-3, ema=0.998),
