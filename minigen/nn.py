@@ -318,7 +318,7 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     exact distribution for both draft and target, so it is a function of its own.
     """
     check_sampling_args(temperature, top_k, top_p)
-    logits = logits.float()
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # float64 stays (exact tests)
     if temperature == 0:
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     logits = logits / temperature
