@@ -6,8 +6,9 @@ Start with notebooks/00_overview.ipynb. The shared parts:
   minigen.train    fit(), checkpoints, pick_device(), seed_everything(), preset()
   minigen.viz      image grids, loss curves, mask pictures, generation traces
   minigen.metrics  nats per image, bits per dimension, classifier FID and class accuracy of samples
-Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE), token_ar (TokenGPT), masked_ar (MaskGIT),
-arnet (ARNet, ClassicAR).
+Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ), token_ar (TokenGPT),
+masked_ar (MaskGIT), scale_ar (VAR), speculative (speculative_sample, jacobi_sample, lantern_sample,
+multi_draft_sample), arnet (ARNet, ClassicAR).
 """
 from minigen.data import BinaryPatterns, load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
@@ -16,12 +17,13 @@ from minigen.masked_ar import MaskGIT, MaskGITConfig
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.token_ar import TokenGPT, TokenGPTConfig
 from minigen.tokenizers import VQVAE, VQConfig
+from minigen import speculative
 from minigen.train import fit, load_model, pick_device, preset, save_checkpoint, seed_everything, train_or_load
 
 __version__ = "0.1.0"
 __all__ = [
     "BinaryPatterns", "load_images", "make_loader", "bits_per_dim", "dataset_nll", "Transformer",
     "TransformerConfig", "block_causal_mask", "causal_mask", "full_mask", "PixelGPT", "PixelGPTConfig",
-    "TokenGPT", "TokenGPTConfig", "VQVAE", "VQConfig", "MaskGIT", "MaskGITConfig",
+    "TokenGPT", "TokenGPTConfig", "VQVAE", "VQConfig", "MaskGIT", "MaskGITConfig", "speculative",
     "fit", "load_model", "pick_device", "preset", "save_checkpoint", "seed_everything", "train_or_load",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from minigen import registry
+from minigen import speculative as spec
 from minigen.train import device_name, load_model, pick_device, preset, seed_everything
 
 # paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
@@ -27,6 +28,15 @@ VARIANTS = {
     "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
     "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
 }
+# speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
+# advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator))
+SPECULATIVE = [
+    ("plain", None),
+    ("exact g=3", lambda t, d, y, g: spec.speculative_sample(t, d, len(y), y, gamma=3, generator=g)),
+    ("jacobi w=8", lambda t, d, y, g: spec.jacobi_sample(t, len(y), y, window=8, generator=g)),
+    ("lantern d=.2", lambda t, d, y, g: spec.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
+    ("multi k=3", lambda t, d, y, g: spec.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
+]
 # side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
 RATIOS = [
     ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
@@ -35,7 +45,7 @@ RATIOS = [
     ("MaskGIT T=8 vs raster token GPT (KV cache)", "token", "KV cache", "maskgit", "T=8"),
     ("VAR (6 passes) vs raster token GPT (KV cache)", "token", "KV cache", "var", "KV cache"),
     ("var: KV cache vs recompute", "var", "recompute", "var", "KV cache"),
-]
+] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
 
 
 def _sync(device):
@@ -77,13 +87,42 @@ def build(name: str, preset_name: str, checkpoints: dict, device):
     return model.to(device).eval(), False
 
 
+def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device) -> list:
+    """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same
+    seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds)."""
+    target, trained_t = build("token", preset_name, checkpoints, device)
+    draft, trained_d = build("draft", preset_name, checkpoints, device)
+    seeds = range(1, max(repeats, 10) + 1)
+    rows = []
+    for label, fn in SPECULATIVE:
+        run_one = (lambda y, g: (target.sample_tokens(1, y, generator=g)[0], None)) if fn is None else \
+            (lambda y, g, fn=fn: fn(target, draft, y, g))
+        run_one(torch.tensor([0], device=device), torch.Generator().manual_seed(0))  # warm-up
+        seconds, passes, accept = 0.0, 0.0, 0.0
+        for seed in seeds:
+            _sync(device)
+            t0 = time.perf_counter()
+            _, trace = run_one(torch.tensor([seed % 10], device=device), torch.Generator().manual_seed(seed))
+            _sync(device)
+            seconds += (time.perf_counter() - t0) / len(seeds)
+            passes += (trace["target_passes"] if trace else target.seq_len) / len(seeds)
+            accept += (trace["acceptance"] if trace else float("nan")) / len(seeds)
+        rows.append(dict(paradigm="speculative", variant=label, batch=1, passes=round(passes, 1),
+                         seconds_per_batch=seconds, images_per_second=1 / seconds, acceptance=accept,
+                         trained=trained_t and trained_d))
+    return rows
+
+
 def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None) -> dict:
     device = pick_device(device)
-    unknown = sorted(set(paradigms) - set(VARIANTS))
+    unknown = sorted(set(paradigms) - set(VARIANTS) - {"speculative"})
     if unknown:
-        raise ValueError(f"no benchmark for {unknown}; choose from {sorted(VARIANTS)}")
+        raise ValueError(f"no benchmark for {unknown}; choose from {sorted(VARIANTS) + ['speculative']}")
     rows = []
     for name in paradigms:
+        if name == "speculative":
+            rows += speculative_rows(preset_name, repeats, checkpoints, device)
+            continue
         model, trained = build(name, preset_name, checkpoints, device)
         for label, kwargs in VARIANTS[name]:
             for batch in batches:
@@ -104,20 +143,26 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
 def format_report(report: dict) -> str:
     lines = [f"device: {report['device']} | torch {report['torch']} | preset {report['preset']} | "
              f"repeats {report['repeats']}", "",
-             f"{'paradigm':<10} {'variant':<11} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10}"]
+             f"{'paradigm':<12} {'variant':<12} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} {'accept':>7}"]
     for r in report["rows"]:
-        lines.append(f"{r['paradigm']:<10} {r['variant']:<11} {r['batch']:>5} {r['passes']:>6} "
-                     f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f}")
+        accept = f"{r['acceptance']:.2f}" if r.get("acceptance", float("nan")) == r.get("acceptance") else ""
+        lines.append(f"{r['paradigm']:<12} {r['variant']:<12} {r['batch']:>5} {r['passes']:>6} "
+                     f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f} {accept:>7}")
+    if any(r["paradigm"] == "speculative" and not r["trained"] for r in report["rows"]):
+        lines.append("speculative rows use untrained models, so acceptance means nothing: pass "
+                     "--checkpoint token=PATH --checkpoint draft=PATH")
     lines += ["", f"{'side by side':<48} {'batch':>5} {'speed-up':>9}"]
     for r in report["ratios"]:
-        lines.append(f"{r['ratio']:<48} {r['batch']:>5} {r['speedup']:>8.1f}x")
+        lines.append(f"{r['ratio']:<48} {r['batch']:>5} {r['speedup']:>8.2f}x")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None, help="model sizes (default: detected)")
-    parser.add_argument("--paradigms", nargs="*", default=sorted(VARIANTS), help=f"subset of {sorted(VARIANTS)}")
+    parser.add_argument("--paradigms", nargs="*", default=sorted(VARIANTS) + ["speculative"],
+                        help=f"subset of {sorted(VARIANTS) + ['speculative']} (speculative: batch 1, needs "
+                             "--checkpoint token=... and draft=... to mean anything)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row; the best one is kept")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",

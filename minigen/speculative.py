@@ -135,12 +135,14 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, dice: Dice, p
 
 
 class Trace:
-    """What a speculative sampler did: per round the guesses and the kept ones; per token its origin."""
+    """What a speculative sampler did: per round the guesses and the kept ones; per token its origin
+    (a kept guess, a correction drawn where a guess was rejected, or a bonus token after all were kept)."""
 
     def __init__(self, n: int, seq_len: int):
         self.rounds, self.guessed, self.kept = 0, [], []
         self.from_guess = torch.zeros(n, seq_len, dtype=torch.bool)  # token was a kept guess
         self.round_of = torch.zeros(n, seq_len, dtype=torch.long)  # round that produced each token
+        self.origin = torch.zeros(n, seq_len, dtype=torch.long)  # 0 kept guess, 1 correction, 2 bonus
         self.tested_kept, self.tested_alpha = [], []  # every accept/reject decision, and its probability
 
     def record(self, start: int, guessed: int, m: int, from_guess_row, tested, accepted, alpha):
@@ -150,6 +152,7 @@ class Trace:
         end = min(start + m + 1, self.from_guess.shape[1])
         self.from_guess[:, start:end] = from_guess_row[:, :end - start].cpu()
         self.round_of[:, start:end] = self.rounds
+        self.origin[:, start:end] = torch.where(self.from_guess[:, start:end], 0, 1 if m < guessed else 2)
         positions = torch.arange(tested.shape[1], device=tested.device)[None]
         self.tested_kept.append((positions < accepted[:, None])[tested].cpu())
         self.tested_alpha.append(alpha[tested].float().cpu())
@@ -159,7 +162,7 @@ class Trace:
         kept, alpha = torch.cat(self.tested_kept), torch.cat(self.tested_alpha)
         return {"rounds": self.rounds, "guessed": self.guessed, "kept": self.kept,
                 "target_passes": target_passes, "draft_passes": draft_passes,
-                "from_guess": self.from_guess, "round_of": self.round_of,
+                "from_guess": self.from_guess, "round_of": self.round_of, "origin": self.origin,
                 "acceptance": kept.float().mean().item() if kept.numel() else float("nan"),
                 "alpha": alpha.mean().item() if alpha.numel() else float("nan"),
                 "tested_kept": kept, "tested_alpha": alpha}

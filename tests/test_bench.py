@@ -32,3 +32,13 @@ def test_bench_uses_given_checkpoints_and_rejects_unknown_names(tmp_path, capsys
     assert bench.main(["--paradigms", "nope", "--preset", "smoke"]) == 2
     assert bench.main(["--checkpoint", "token", "--preset", "smoke"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_bench_times_every_speculative_variant_against_plain_sampling():
+    report = bench.run(["speculative"], "smoke", [1, 64], 1, {}, device="cpu")
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == [label for label, _ in bench.SPECULATIVE] and {r["batch"] for r in rows.values()} == {1}
+    assert rows["plain"]["passes"] == 49
+    assert all(0 < r["passes"] <= 49 and 0 <= r["acceptance"] <= 1 for name, r in rows.items() if name != "plain")
+    assert {r["ratio"] for r in report["ratios"]} == {f"speculative {v} vs plain" for v in list(rows)[1:]}
+    assert "untrained" in bench.format_report(report)

@@ -322,6 +322,9 @@ def test_trace_records_the_origin_of_every_token():
     assert trace["from_guess"].sum() == sum(trace["kept"])  # every kept guess, and nothing else
     assert trace["target_passes"] == trace["rounds"] and trace["draft_passes"] == sum(trace["guessed"])
     assert trace["round_of"][0].diff().ge(0).all()
+    origin, last = trace["origin"][0], torch.tensor([(trace["round_of"][0] == r).nonzero().max() for r in range(trace["rounds"])])
+    assert (origin[last[:-1]] > 0).all() and (origin == 0).sum() == sum(trace["kept"])  # each round ends with the target's token
+    assert all((origin[last[r]] == 2) == (trace["kept"][r] == trace["guessed"][r]) for r in range(trace["rounds"] - 1))
     assert S.expected_tokens_per_pass(0.0, 4) == 1 and S.expected_tokens_per_pass(1.0, 4) == 5
 
 
