@@ -114,6 +114,7 @@ EXACT_VARIANTS = {
     "speculative gamma=2": lambda dice, w: S.speculative_sample(TARGET, DRAFT, gamma=2, dice=dice, **w),
     "jacobi random": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="random", dice=dice, **w),
     "jacobi left": lambda dice, w: S.jacobi_sample(TARGET, window=3, init="left", dice=dice, **w),
+    "jacobi above": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="above", dice=dice, **w),
     "lantern delta=0": lambda dice, w: S.lantern_sample(TARGET, DRAFT, gamma=2, delta=0.0,
                                                         neighbours=torch.tensor([[1], [2], [0]]), dice=dice, **w),
     "multi-draft k=2": lambda dice, w: S.multi_draft_sample(TARGET, DRAFT, drafts=2, gamma=1, dice=dice, **w),
