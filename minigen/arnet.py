@@ -6,7 +6,6 @@ the same linear map by SGD with a sparsity regulariser, so p can be over-specifi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

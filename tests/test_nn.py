@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, causal_mask, cfg_mix,
-                        check_labels, check_sampling_args, full_mask, sample_from_probs, sample_logits, warp_logits)
+                        check_labels, check_sampling_args, sample_from_probs, sample_logits, warp_logits)
 
 
 def tiny(pos="learned", max_len=12, n_layer=2):
