@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from minigen.nn import cfg_mix, check_sampling_args, sample_from_probs, warp_logits
+from minigen.nn import sample_from_probs
 from minigen.token_ar import DATA, TokenGPT
 
 # the draft model is a much smaller TokenGPT on the target's tokenizer (`python -m minigen train draft`)
@@ -20,7 +20,7 @@ DRAFT_PRESETS = {
     "gpu": dict(config=dict(n_layer=2, n_head=4, n_embd=128), steps=4000, batch_size=128, lr=1e-3, ema=0.999),
 }
 TOKENIZER = "vq"
-__all__ = ["Dice", "Decoder", "verify", "residual", "speculative_sample", "jacobi_sample", "lantern_sample",
+__all__ = ["Dice", "verify", "verify_candidates", "residual", "speculative_sample", "jacobi_sample", "lantern_sample",
            "multi_draft_sample", "codebook_neighbours", "relaxed_distribution", "expected_tokens_per_pass",
            "DRAFT_PRESETS", "DATA", "TokenGPT"]
 
@@ -42,56 +42,11 @@ class Dice:
         return sample_from_probs(probs, self.generator)
 
 
-class Decoder:
-    """Next-token distributions of a RasterGPT for `rows` sequences, fed incrementally on a KV cache.
-
-    `feed(tokens)` appends tokens (rows, k) and returns the warped distribution of the token after each,
-    (rows, k, V); the first call also runs the class token and returns k + 1 of them. `truncate(n)` forgets
-    all but the first n generated tokens (the rollback after a rejection); `reorder(index)` copies rows.
-    Guidance, temperature, top-k and top-p are applied here, so target and draft are warped alike.
-    """
-
-    def __init__(self, model, rows: int, labels=None, *, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0):
-        check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        self.model, self.rows = model.eval(), rows
-        self.labels, self.guided = model.class_emb.sampling_labels(rows, labels, cfg_scale)
-        self.warp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        self.cfg_scale = cfg_scale
-        self.seq_len, self.vocab_size = model.seq_len, model.vocab_size
-        self.cache = model.transformer.new_cache(2 * rows if self.guided else rows)
-        self.dtype = torch.float64 if self.model.head.weight.dtype == torch.float64 else torch.float32  # of p
-        self.passes = 0
-
-    @property
-    def length(self) -> int:
-        """Generated tokens held in the cache (the class token not counted)."""
-        return max(self.cache.length - 1, 0)
-
-    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.cache.length > 0 and tokens.shape[1] == 0:
-            raise ValueError("feed needs at least one token after the first call")
-        if self.guided:
-            tokens = torch.cat([tokens, tokens])  # conditional rows, then unconditional ones
-        emb = self.model.embed(tokens, self.labels) if self.cache.length == 0 else self.model.token_emb(tokens)
-        logits = self.model.head(self.model.transformer(emb, mask="causal", cache=self.cache))  # (rows', k, V)
-        if self.guided:
-            logits = cfg_mix(logits[:self.rows], logits[self.rows:], self.cfg_scale)  # (rows, k, V)
-        self.passes += 1
-        return warp_logits(logits, **self.warp)  # (rows, k, V)
-
-    def truncate(self, length: int):
-        self.cache.truncate(min(self.cache.length, length + 1))
-
-    def reorder(self, index: torch.Tensor):
-        self.cache.reorder(torch.cat([index, index + self.rows]) if self.guided else index)
-
-
 def make_decoder(model, rows: int, labels, sampling: dict):
-    """A Decoder for a RasterGPT; any other object brings its own through `model.decoder(...)`
-    (the exactness tests use probability tables)."""
-    if hasattr(model, "decoder"):
-        return model.decoder(rows, labels, **sampling)
-    return Decoder(model, rows, labels, **sampling)
+    """The model's incremental decoder (token_ar.Decoder for a RasterGPT), in eval mode: dropout would
+    make p differ from pass to pass. The exactness tests pass probability tables with the same interface."""
+    model.eval()
+    return model.decoder(rows, labels, **sampling)
 
 
 # --- the one verification step -------------------------------------------------------
@@ -140,7 +95,6 @@ class Trace:
 
     def __init__(self, n: int, seq_len: int):
         self.rounds, self.guessed, self.kept = 0, [], []
-        self.from_guess = torch.zeros(n, seq_len, dtype=torch.bool)  # token was a kept guess
         self.round_of = torch.zeros(n, seq_len, dtype=torch.long)  # round that produced each token
         self.origin = torch.zeros(n, seq_len, dtype=torch.long)  # 0 kept guess, 1 correction, 2 bonus
         self.tested_kept, self.tested_alpha = [], []  # every accept/reject decision, and its probability
@@ -149,20 +103,19 @@ class Trace:
         tested, accepted, alpha = tested.cpu(), accepted.cpu(), alpha.cpu()
         self.guessed.append(guessed)
         self.kept.append(m)
-        end = min(start + m + 1, self.from_guess.shape[1])
-        self.from_guess[:, start:end] = from_guess_row[:, :end - start].cpu()
+        end = min(start + m + 1, self.origin.shape[1])
         self.round_of[:, start:end] = self.rounds
-        self.origin[:, start:end] = torch.where(self.from_guess[:, start:end], 0, 1 if m < guessed else 2)
-        positions = torch.arange(tested.shape[1], device=tested.device)[None]
-        self.tested_kept.append((positions < accepted[:, None])[tested].cpu())
-        self.tested_alpha.append(alpha[tested].float().cpu())
+        self.origin[:, start:end] = torch.where(from_guess_row[:, :end - start].cpu(), 0, 1 if m < guessed else 2)
+        positions = torch.arange(tested.shape[1])[None]
+        self.tested_kept.append((positions < accepted[:, None])[tested])
+        self.tested_alpha.append(alpha[tested].float())
         self.rounds += 1
 
     def as_dict(self, target_passes: int, draft_passes: int) -> dict:
         kept, alpha = torch.cat(self.tested_kept), torch.cat(self.tested_alpha)
         return {"rounds": self.rounds, "guessed": self.guessed, "kept": self.kept,
                 "target_passes": target_passes, "draft_passes": draft_passes,
-                "from_guess": self.from_guess, "round_of": self.round_of, "origin": self.origin,
+                "from_guess": self.origin == 0, "round_of": self.round_of, "origin": self.origin,
                 "acceptance": kept.float().mean().item() if kept.numel() else float("nan"),
                 "alpha": alpha.mean().item() if alpha.numel() else float("nan"),
                 "tested_kept": kept, "tested_alpha": alpha}
@@ -190,9 +143,9 @@ def _target_pass(target, tokens, guesses):
     """One target pass over the tokens it has not seen plus the guesses; returns p at the guessed positions
     and the one after, (B, g + 1, V), or (B, g, V) when the last guess ends the sequence."""
     n0, g = tokens.shape[1], guesses.shape[1]
-    seq = torch.cat([tokens, guesses], 1)[:, target.length:min(n0 + g, target.seq_len - 1)]  # never the last token
-    out = target.feed(seq)  # (B, k, V)
-    return out[:, -(min(n0 + g, target.seq_len - 1) - n0 + 1):]
+    end = min(n0 + g, target.seq_len - 1)  # the last token of a sequence is never fed
+    out = target.feed(torch.cat([tokens, guesses], 1)[:, target.length:end])  # (B, k, V)
+    return out[:, -(end - n0 + 1):]
 
 
 def draft_tokens(draft, tokens, g: int, dice: Dice):
@@ -206,10 +159,6 @@ def draft_tokens(draft, tokens, g: int, dice: Dice):
         if i < g - 1:
             probs = draft.feed(x[:, None])[:, -1]
     return torch.stack(guesses, 1), torch.stack(qs, 1)
-
-
-def _device(model):
-    return model.device if hasattr(model, "device") else next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -231,7 +180,7 @@ def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4
         raise ValueError(f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
                          f"vs {(drf.seq_len, drf.vocab_size)}")
     dice = dice or Dice(generator)
-    tokens = torch.zeros(n, 0, dtype=torch.long, device=_device(target))
+    tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
     trace = Trace(n, tgt.seq_len)
     while tokens.shape[1] < tgt.seq_len:
         n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
@@ -315,9 +264,8 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
     L, V = tgt.seq_len, tgt.vocab_size
     grid = int(round(L ** 0.5))
     dice = dice or Dice(generator)
-    device = _device(target)
-    tokens = torch.zeros(n, 0, dtype=torch.long, device=device)
-    guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=device)  # (n, w), (n, w, V)
+    tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
+    guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=tgt.device)  # (n, w), (n, w, V)
     trace = Trace(n, L)
     while tokens.shape[1] < L:
         n0, g = tokens.shape[1], min(window, L - tokens.shape[1])
@@ -341,15 +289,40 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
 
 # --- multi-draft: k guesses per position, recursive rejection sampling -----------------
 
+def verify_candidates(p, q, guesses, alive: list, dice: Dice):
+    """Verify one image's drafts (rows `alive` of guesses (R, g), p (R, g + 1, V), q (R, g, V)) position by
+    position: the candidates still consistent with the kept prefix share p and q there and are tried in turn,
+    candidate j kept with probability min(1, r_j(x)/q(x)), r_1 = p, r_(j+1) = norm(max(0, r_j - q)).
+    Returns (a surviving row, guesses kept, next token or -1, tested (g,) bool, alpha (g,))."""
+    g = guesses.shape[1]
+    depth, follow = 0, -1
+    tested, alpha = torch.zeros(g, dtype=torch.bool), torch.zeros(g)
+    while depth < g:
+        r, qd = p[alive[0], depth], q[alive[0], depth]
+        tested[depth], alpha[depth] = True, torch.minimum(r, qd).sum()
+        kept = None
+        for j in alive:
+            x = guesses[j, depth]
+            if bool(dice.coin((r[x] / qd[x]).clamp(max=1.0))):
+                kept = x
+                break
+            r = residual(r, qd)
+        if kept is None:  # every candidate rejected: the correction comes from what is left of p
+            return alive[0], depth, int(dice.categorical(r)), tested, alpha
+        alive = [j for j in alive if guesses[j, depth] == kept]
+        depth += 1
+    if p.shape[1] > g:  # all kept: a bonus token, unless the sequence is complete
+        follow = int(dice.categorical(p[alive[0], g]))
+    return alive[0], depth, follow, tested, alpha
+
+
 @torch.no_grad()
 def multi_draft_sample(target, draft, n: int = 1, labels=None, *, drafts: int = 3, gamma: int = 4,
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        cfg_scale: float = 1.0, generator: torch.Generator | None = None, dice: Dice | None = None):
     """Exact multi-draft speculative sampling: the draft proposes `drafts` independent sequences of gamma
-    tokens; one target pass scores them all (as drafts x n rows). Position by position, the candidates
-    still consistent with the kept prefix are tried in turn with recursive rejection sampling: candidate
-    j is kept with probability min(1, r_j(x)/q(x)), r_1 = p, r_(j+1) = norm(max(0, r_j - q)); if all fail,
-    the correction is drawn from the last r. Returns (tokens (n, L), trace)."""
+    tokens; one target pass scores them all (as drafts x n rows); verify_candidates applies recursive
+    rejection sampling to each image's drafts. Returns (tokens (n, L), trace)."""
     if not isinstance(drafts, int) or drafts < 1 or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"drafts and gamma must be positive integers, got {drafts!r}, {gamma!r}")
     k = drafts
@@ -359,38 +332,14 @@ def multi_draft_sample(target, draft, n: int = 1, labels=None, *, drafts: int = 
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
     tgt, drf = make_decoder(target, n * k, row_labels, sampling), make_decoder(draft, n * k, row_labels, sampling)
     dice = dice or Dice(generator)
-    rows = torch.zeros(n * k, 0, dtype=torch.long, device=_device(target))  # every draft row holds the prefix
+    rows = torch.zeros(n * k, 0, dtype=torch.long, device=tgt.device)  # every draft row holds the prefix
     trace = Trace(n, tgt.seq_len)
     while rows.shape[1] < tgt.seq_len:
         n0, g = rows.shape[1], min(gamma, tgt.seq_len - rows.shape[1])
         guesses, q = draft_tokens(drf, rows, g, dice)  # (n k, g), (n k, g, V)
         p = _target_pass(tgt, rows, guesses)  # (n k, g + 1, V)
-        keep_row, accepted, nxt, tested, alpha = [], [], [], [], []
-        for b in range(n):
-            alive, depth, follow = list(range(b * k, (b + 1) * k)), 0, -1
-            row_tested, row_alpha = torch.zeros(g, dtype=torch.bool), torch.zeros(g)
-            while depth < g:
-                r, qd = p[alive[0], depth], q[alive[0], depth]  # same prefix: same p and q for every survivor
-                row_tested[depth], row_alpha[depth] = True, torch.minimum(r, qd).sum()
-                kept = None
-                for j in alive:  # recursive rejection sampling over the candidates
-                    x = guesses[j, depth]
-                    if bool(dice.coin((r[x] / qd[x]).clamp(max=1.0))):
-                        kept = x
-                        break
-                    r = residual(r, qd)
-                if kept is None:
-                    follow = int(dice.categorical(r))
-                    break
-                alive = [j for j in alive if guesses[j, depth] == kept]
-                depth += 1
-            if depth == g and p.shape[1] > g:
-                follow = int(dice.categorical(p[alive[0], g]))
-            keep_row.append(alive[0])
-            accepted.append(depth)
-            nxt.append(follow)
-            tested.append(row_tested)
-            alpha.append(row_alpha)
+        keep_row, accepted, nxt, tested, alpha = zip(*[
+            verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)])
         keep_row = torch.tensor(keep_row, device=rows.device)
         chosen = guesses[keep_row]  # (n, g): the guesses of a surviving draft of every image
         accepted, nxt = torch.tensor(accepted, device=rows.device), torch.tensor(nxt, device=rows.device)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, sample_logits
+from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args,
+                        sample_from_probs, warp_logits)
 from minigen.tokenizers import OnTokenizer, VQConfig
 from minigen.train import progress_bar
 
@@ -82,6 +83,12 @@ class RasterGPT(nn.Module):
         return self.nll(batch).mean() / self.seq_len
 
     # --- sampling ---
+    def decoder(self, rows: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, cfg_scale: float = 1.0, use_cache: bool = True) -> "Decoder":
+        """Next-token distributions for `rows` sequences, fed a few tokens at a time (see Decoder)."""
+        return Decoder(self, rows, labels, temperature=temperature, top_k=top_k, top_p=top_p,
+                       cfg_scale=cfg_scale, use_cache=use_cache)
+
     @torch.no_grad()
     def sample_tokens(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
                       top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
@@ -94,32 +101,87 @@ class RasterGPT(nn.Module):
         conditional and an unconditional copy of every row and the logits are mixed.
         Returns (tokens, snapshots): snapshots lists (t, tokens[:, :t]) every `snapshot_every` steps.
         """
-        check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        device = next(self.parameters()).device
-        labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
-        rows = 2 * n if guided else n
         was_training = self.training
         self.eval()
-        tokens = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (rows, t)
-        cache = self.transformer.new_cache(rows) if use_cache else None
+        dec = self.decoder(n, labels, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                           use_cache=use_cache)
+        tokens = torch.zeros(n, 0, dtype=torch.long, device=next(self.parameters()).device)  # (n, t)
         snapshots = []
         for t in progress_bar(range(self.seq_len), progress, desc="tokens"):
-            if cache is None:
-                hidden = self.transformer(self.embed(tokens, labels), mask="causal")[:, -1]  # (rows, C)
-            else:  # prefill the class token at t = 0, then feed only the newest token
-                new = self.embed(tokens, labels) if t == 0 else self.token_emb(tokens[:, -1:])  # (rows, 1, C)
-                hidden = self.transformer(new, mask="causal", cache=cache)[:, -1]  # (rows, C)
-            logits = self.head(hidden)  # (rows, V)
-            if guided:
-                logits = cfg_mix(logits[:n], logits[n:], cfg_scale)  # (n, V)
-            nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # (n,)
-            if guided:
-                nxt = torch.cat([nxt, nxt])
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (rows, t + 1)
+            probs = dec.feed(tokens[:, -1:] if t else tokens)[:, -1]  # (n, V): the first pass is the class token
+            tokens = torch.cat([tokens, sample_from_probs(probs, generator)[:, None]], dim=1)  # (n, t + 1)
             if snapshot_every and ((t + 1) % snapshot_every == 0 or t + 1 == self.seq_len):
-                snapshots.append((t + 1, tokens[:n].clone()))
+                snapshots.append((t + 1, tokens.clone()))
         self.train(was_training)
-        return tokens[:n], snapshots
+        return tokens, snapshots
+
+
+class Decoder:
+    """Next-token distributions of a RasterGPT for `rows` sequences, fed incrementally.
+
+    `feed(tokens)` appends tokens (rows, k) and returns the warped distribution of the token after each,
+    (rows, k, V); the first call also runs the class token and returns k + 1 of them. `truncate(n)` forgets
+    all but the first n generated tokens (speculative decoding's rollback); `reorder(index)` copies rows.
+    Guidance (an unconditional copy of every row, logits mixed), temperature, top-k and top-p are applied
+    here, so every sampler that uses a Decoder warps alike. With use_cache=False each feed recomputes the
+    whole prefix instead of reading the KV cache (same distributions, the reference for the cache).
+    """
+
+    def __init__(self, model: RasterGPT, rows: int, labels=None, *, temperature=1.0, top_k=None, top_p=None,
+                 cfg_scale=1.0, use_cache: bool = True):
+        check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        self.model, self.rows = model, rows
+        self.labels, self.guided = model.class_emb.sampling_labels(rows, labels, cfg_scale)
+        self.warp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.cfg_scale = cfg_scale
+        self.seq_len, self.vocab_size = model.seq_len, model.vocab_size
+        batch = 2 * rows if self.guided else rows
+        self.cache = model.transformer.new_cache(batch) if use_cache else None
+        self.seen = torch.zeros(batch, 0, dtype=torch.long, device=model.head.weight.device)  # without a cache
+        self.started = False
+        self.dtype = torch.float64 if model.head.weight.dtype == torch.float64 else torch.float32  # of the output
+        self.passes = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.seen.device
+
+    @property
+    def length(self) -> int:
+        """Generated tokens the decoder has seen (the class token not counted)."""
+        return max(self.cache.length - 1, 0) if self.cache is not None else self.seen.shape[1]
+
+    @torch.no_grad()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.started and tokens.shape[1] == 0:
+            raise ValueError("feed needs at least one token after the first call")
+        if self.guided:
+            tokens = torch.cat([tokens, tokens])  # conditional rows, then unconditional ones
+        new = tokens.shape[1] + (0 if self.started else 1)  # positions whose outputs are returned
+        if self.cache is None:  # recompute the whole prefix
+            self.seen = torch.cat([self.seen, tokens], 1)
+            hidden = self.model.transformer(self.model.embed(self.seen, self.labels), mask="causal")
+        else:
+            emb = self.model.token_emb(tokens) if self.started else self.model.embed(tokens, self.labels)
+            hidden = self.model.transformer(emb, mask="causal", cache=self.cache)
+        logits = self.model.head(hidden[:, -new:])  # (rows', new, V)
+        if self.guided:
+            logits = cfg_mix(logits[:self.rows], logits[self.rows:], self.cfg_scale)  # (rows, new, V)
+        self.started, self.passes = True, self.passes + 1
+        return warp_logits(logits, **self.warp)  # (rows, new, V)
+
+    def truncate(self, length: int):
+        if self.cache is None:
+            self.seen = self.seen[:, :length]
+        else:
+            self.cache.truncate(min(self.cache.length, length + 1))
+
+    def reorder(self, index: torch.Tensor):
+        index = torch.cat([index, index + self.rows]) if self.guided else index
+        if self.cache is None:
+            self.seen = self.seen[index]
+        else:
+            self.cache.reorder(index)
 
 
 # --- the raster GPT over VQ tokens ----------------------------------------------------

@@ -18,9 +18,12 @@ class TableLM:
 
     def __init__(self, seq_len=3, vocab=3, seed=0, scale=1.5):
         g = torch.Generator().manual_seed(seed)
-        self.seq_len, self.vocab_size, self.device = seq_len, vocab, torch.device("cpu")
+        self.seq_len, self.vocab_size = seq_len, vocab
         self.logits = {prefix: scale * torch.randn(vocab, generator=g, dtype=torch.float64)
                        for t in range(seq_len) for prefix in itertools.product(range(vocab), repeat=t)}
+
+    def eval(self):
+        return self
 
     def probs(self, prefix, **warp):
         return warp_logits(self.logits[tuple(prefix)], **warp)
@@ -36,8 +39,8 @@ class TableLM:
 
 
 class TableDecoder:
-    """The Decoder interface of minigen.speculative over a TableLM."""
-    dtype = torch.float64
+    """The interface of minigen.token_ar.Decoder over a TableLM."""
+    dtype, device = torch.float64, torch.device("cpu")
 
     def __init__(self, model, rows, warp):
         self.model, self.warp, self.seq_len, self.vocab_size = model, warp, model.seq_len, model.vocab_size
