@@ -95,8 +95,8 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device) 
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
     for label, fn in SPECULATIVE:
-        run_one = (lambda y, g: (target.sample_tokens(1, y, generator=g)[0], None)) if fn is None else \
-            (lambda y, g, fn=fn: fn(target, draft, y, g))
+        def run_one(y, g, fn=fn):  # -> (tokens, trace or None)
+            return (target.sample_tokens(1, y, generator=g)[0], None) if fn is None else fn(target, draft, y, g)
         run_one(torch.tensor([0], device=device), torch.Generator().manual_seed(0))  # warm-up
         seconds, passes, accept = 0.0, 0.0, 0.0
         for seed in seeds:
