@@ -67,8 +67,11 @@ def cmd_train(args) -> dict:
             metrics["test_bits_per_dim"] = round(bits_per_dim(nll, math.prod(test_set.shape)), 5)
     if not hasattr(model, "sample"):  # a tokenizer: originals above their reconstructions
         report = model.evaluate(test_set.images)
-        metrics.update(test_mse=round(report["mse"], 6), test_perplexity=round(report["perplexity"], 2),
-                       test_codes_used=round(report["used_fraction"], 4))
+        metrics["test_mse"] = round(report["mse"], 6)
+        if "perplexity" in report:  # a codebook
+            metrics.update(test_perplexity=round(report["perplexity"], 2), test_codes_used=round(report["used_fraction"], 4))
+        else:  # continuous tokens
+            metrics.update(token_mean=round(report["token_mean"], 4), token_std=round(report["token_std"], 4))
         originals = test_set.images[: args.n].to(device)
         save_images(torch.cat([originals, model.reconstruct(originals)]), out / "samples.png",
                     nrow=min(args.n, 16))

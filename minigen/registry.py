@@ -21,6 +21,8 @@ MODELS = {
     "maskgit": ("minigen.masked_ar", "MaskGIT", "PRESETS", "DATA"),
     "msvq": ("minigen.tokenizers", "MultiScaleVQ", "MSVQ_PRESETS", "DATA"),
     "var": ("minigen.scale_ar", "VAR", "PRESETS", "DATA"),
+    "ae": ("minigen.tokenizers", "ContinuousAE", "AE_PRESETS", "DATA"),  # MAR's continuous tokenizer
+    "mar": ("minigen.diffusion_ar", "MAR", "PRESETS", "DATA"),
     "draft": ("minigen.speculative", "TokenGPT", "DRAFT_PRESETS", "DATA"),  # the small draft GPT of notebook 07
     "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
 }

@@ -2,7 +2,8 @@
 
 VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning"): a conv encoder
 downsamples by 4, each latent vector snaps to its nearest codebook entry (straight-through gradient),
-a conv decoder maps the codes back. ConvEncoder / ConvDecoder / VectorQuantizer are the shared parts.
+a conv decoder maps the codes back. ConvEncoder / ConvDecoder / VectorQuantizer are the shared parts;
+MultiScaleVQ (VAR) quantises coarse to fine, ContinuousAE (MAR) keeps the 7x7 latents continuous.
 """
 from __future__ import annotations
 
@@ -356,6 +357,110 @@ class MultiScaleVQ(VQVAE):
                 "used_fraction": usage["used_fraction"], "counts": usage["counts"]}
 
 
+# --- MAR's continuous tokenizer ---------------------------------------------------------------
+
+@dataclass
+class AEConfig:
+    image_size: int = 28  # input images are image_size x image_size, one channel, values in [0, 1]
+    channels: int = 64  # conv width at the latent resolution, as in the VQ-VAE
+    n_res: int = 2  # residual blocks at the latent resolution, in the encoder and in the decoder
+    latent_dim: int = 4  # dimension of a continuous token: what the diffusion head has to model
+    kl_weight: float = 1e-2  # weight of KL(q(z|x) || N(0, I)) per latent number vs the per-pixel loss:
+    # 1e-3 reconstructs better (MSE 0.0010 vs 0.0018) but its tokens hold detail MAR failed to model (notebook 06)
+    scale_decay: float = 0.99  # moving average of the latents' spread, used to hand out unit-scale tokens
+
+    def __post_init__(self):
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (two stride-2 stages), got {self.image_size}")
+        if self.latent_dim < 1 or self.kl_weight < 0:
+            raise ValueError(f"need latent_dim >= 1 and kl_weight >= 0, got {self.latent_dim}, {self.kl_weight}")
+
+
+class ContinuousAE(nn.Module):
+    """A KL-regularised autoencoder (the "KL-16" tokenizer of MAR, in small): the encoder gives a mean and a
+    log-variance per latent number, training decodes a sample from that Gaussian, and a light KL pull towards
+    N(0, I) keeps the latent space smooth, so a slightly-off generated token still decodes to a clean patch.
+    encode() returns the means divided by their running spread: tokens (B, g, g, D) of unit scale.
+    """
+
+    Config = AEConfig
+
+    def __init__(self, config: AEConfig):
+        super().__init__()
+        self.config = c = config
+        self.grid = c.image_size // 4
+        self.encoder = ConvEncoder(c.channels, c.n_res, 2 * c.latent_dim)  # mean and log-variance
+        self.decoder = ConvDecoder(c.channels, c.n_res, c.latent_dim)
+        self.register_buffer("latent_std", torch.ones(()))  # spread of the means on training batches
+        self._last = {}
+
+    def check_images(self, images: torch.Tensor):
+        check_images(images, self.config.image_size)
+
+    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        g, d = self.grid, self.config.latent_dim
+        if not torch.is_tensor(tokens) or tuple(tokens.shape[1:]) != (g, g, d) or tokens.dim() != 4:
+            shape = tuple(tokens.shape) if torch.is_tensor(tokens) else type(tokens).__name__
+            raise ValueError(f"expected continuous tokens (B, {g}, {g}, {d}), got {shape}")
+        if not tokens.dtype.is_floating_point or not torch.isfinite(tokens).all():
+            raise ValueError(f"tokens must be finite floats, got dtype {tokens.dtype}")
+        return tokens
+
+    def moments(self, images: torch.Tensor):
+        """Images (B, 1, H, W) -> mean and log-variance of q(z | x), each (B, D, g, g)."""
+        self.check_images(images)
+        mean, logvar = self.encoder(images).chunk(2, dim=1)
+        return mean, logvar.clamp(-20, 10)
+
+    def loss(self, batch) -> torch.Tensor:
+        """Reconstruction cross-entropy per pixel + kl_weight * KL per latent number."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        mean, logvar = self.moments(images)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
+        logits = self.decoder(z)  # (B, 1, H, W)
+        recon = F.binary_cross_entropy_with_logits(logits, images)
+        kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
+        if self.training:
+            with torch.no_grad():
+                self.latent_std.lerp_(mean.detach().float().std(), 1 - self.config.scale_decay)
+        self._last = {"mse": F.mse_loss(torch.sigmoid(logits.detach()), images).item(), "kl": kl.item()}
+        return recon + self.config.kl_weight * kl
+
+    def train_status(self) -> dict:
+        return {k: f"{v:.4f}" for k, v in self._last.items()}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] -> unit-scale continuous tokens (B, g, g, D): the posterior means."""
+        mean, _ = self.moments(images)
+        return (mean / self.latent_std).permute(0, 2, 3, 1)  # (B, g, g, D)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, g, g, D) -> images (B, 1, H, W) in [0, 1]."""
+        tokens = self.check_tokens(tokens).to(self.latent_std.device, self.latent_std.dtype)
+        return torch.sigmoid(self.decoder(tokens.permute(0, 3, 1, 2) * self.latent_std))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
+        """Reconstruction MSE per pixel, and the mean and std of the tokens (should be near 0 and 1)."""
+        was_training = self.training
+        self.eval()
+        sq_err, tokens = 0.0, []
+        for chunk in images.split(batch_size):
+            chunk = chunk.to(self.latent_std.device)
+            tok = self.encode(chunk)
+            sq_err += float((self.decode(tok) - chunk).square().sum())
+            tokens.append(tok.cpu())
+        self.train(was_training)
+        tokens = torch.cat(tokens)
+        return {"mse": sq_err / images.numel(), "token_mean": float(tokens.mean()), "token_std": float(tokens.std())}
+
+
 PRESETS = {
     "smoke": dict(config=dict(channels=16, n_res=1, restart_every=10), steps=30, batch_size=32, lr=2e-3),
     "cpu": dict(config=dict(channels=64, n_res=2), steps=3000, batch_size=64, lr=2e-3),
@@ -374,7 +479,7 @@ class OnTokenizer:
     def attach_tokenizer(self, config: VQConfig, tokenizer_class=None):
         self.tokenizer = (tokenizer_class or VQVAE)(config).requires_grad_(False).eval()
         self.grid = config.image_size // 4
-        self.seq_len, self.vocab_size = self.grid ** 2, config.n_codes
+        self.seq_len, self.vocab_size = self.grid ** 2, getattr(config, "n_codes", None)  # None: continuous
 
     @classmethod
     def from_tokenizer(cls, tokenizer: VQVAE, **config):
@@ -422,3 +527,8 @@ class OnTokenizer:
 # the multi-scale quantizer calls its quantizer once per scale (6 times a step): restart every 100 steps
 MSVQ_PRESETS = {name: {**spec, "config": {**spec["config"], "restart_every": 6 * spec["config"].get("restart_every", 100)}}
                 for name, spec in PRESETS.items()}
+AE_PRESETS = {  # the VQ-VAE's sizes and steps: notebook 06 sets the two tokenizers side by side
+    "smoke": dict(config=dict(channels=16, n_res=1), steps=30, batch_size=32, lr=2e-3),
+    "cpu": dict(config=dict(channels=64, n_res=2), steps=3000, batch_size=64, lr=2e-3),
+    "gpu": dict(config=dict(channels=128, n_res=2), steps=8000, batch_size=128, lr=1e-3),
+}

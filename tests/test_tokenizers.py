@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from minigen.data import make_loader, ImageDataset
-from minigen.tokenizers import VQVAE, VQConfig, VectorQuantizer, codebook_usage
+from minigen.tokenizers import AEConfig, ContinuousAE, VQVAE, VQConfig, VectorQuantizer, codebook_usage
 from minigen.train import fit
 
 
@@ -97,3 +97,55 @@ def test_bad_inputs_raise_clear_errors():
         vq.decode(torch.zeros(1, 6, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="divisible by 4"):
         VQConfig(image_size=30)
+
+
+# --- the continuous autoencoder (MAR's tokenizer) ---
+
+def tiny_ae(**kw):
+    torch.manual_seed(0)
+    cfg = dict(channels=8, n_res=1, latent_dim=3)
+    cfg.update(kw)
+    return ContinuousAE(AEConfig(**cfg))
+
+
+def test_continuous_tokens_have_the_grid_shape_and_decode_to_images():
+    ae = tiny_ae().eval()
+    images = torch.rand(5, 1, 28, 28)
+    tokens = ae.encode(images)
+    assert tokens.shape == (5, 7, 7, 3) and tokens.dtype == torch.float32
+    out = ae.decode(tokens)
+    assert out.shape == (5, 1, 28, 28) and 0 <= float(out.min()) and float(out.max()) <= 1
+    # encode hands out the posterior means divided by latent_std, and decode multiplies it back
+    ae.latent_std.fill_(2.0)
+    mean, _ = ae.moments(images)
+    torch.testing.assert_close(ae.encode(images), mean.permute(0, 2, 3, 1) / 2.0)
+    torch.testing.assert_close(ae.decode(ae.encode(images)), torch.sigmoid(ae.decoder(mean)))
+
+
+def test_continuous_ae_learns_to_reconstruct_and_hands_out_unit_scale_tokens():
+    torch.manual_seed(0)
+    images = torch.zeros(256, 1, 28, 28)
+    for i in range(256):  # bars at 8 positions, with a random brightness: a continuous factor
+        images[i, 0, :, 3 * (i % 8) + 2: 3 * (i % 8) + 5] = 0.3 + 0.7 * torch.rand(())
+    data = ImageDataset(images, torch.zeros(256, dtype=torch.long))
+    ae = tiny_ae(channels=16, scale_decay=0.9)
+    before = ae.evaluate(images)["mse"]
+    fit(ae, make_loader(data, 32), steps=300, lr=3e-3, progress=False)
+    after = ae.evaluate(images)
+    assert after["mse"] < 0.05 * before and after["mse"] < 0.005
+    # latent_std tracked the spread of the means during training: the tokens come out near unit scale
+    assert 0.8 < after["token_std"] < 1.25, after
+
+
+def test_continuous_ae_bad_inputs_raise_clear_errors():
+    ae = tiny_ae().eval()
+    with pytest.raises(ValueError, match="expected images"):
+        ae.encode(torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match=r"expected continuous tokens \(B, 7, 7, 3\)"):
+        ae.decode(torch.zeros(1, 7, 7, 4))
+    with pytest.raises(ValueError, match="finite floats"):
+        ae.decode(torch.zeros(1, 7, 7, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="finite floats"):
+        ae.decode(torch.full((1, 7, 7, 3), float("nan")))
+    with pytest.raises(ValueError, match="latent_dim"):
+        AEConfig(latent_dim=0)
