@@ -6,8 +6,8 @@ Start with notebooks/00_overview.ipynb. The shared parts:
   minigen.train    fit(), checkpoints, pick_device(), seed_everything(), preset()
   minigen.viz      image grids, loss curves, mask pictures, generation traces
   minigen.metrics  nats per image, bits per dimension, classifier FID and class accuracy of samples
-Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ), token_ar (TokenGPT),
-masked_ar (MaskGIT), scale_ar (VAR), speculative (speculative_sample, jacobi_sample, lantern_sample,
+Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ, ContinuousAE), token_ar (TokenGPT),
+masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), speculative (speculative_sample, jacobi_sample, lantern_sample,
 multi_draft_sample), arnet (ARNet, ClassicAR).
 """
 from minigen.data import BinaryPatterns, load_images, make_loader

@@ -27,6 +27,9 @@ VARIANTS = {
     "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
     "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
     "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
+    # MAR: num_iter transformer passes, each followed by S sequential calls of the denoising head
+    "mar": [("K=16 S=50", dict(num_iter=16, steps=50)), ("K=16 S=10", dict(num_iter=16, steps=10)),
+            ("K=8 S=50", dict(num_iter=8, steps=50))],
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator))
@@ -45,6 +48,8 @@ RATIOS = [
     ("MaskGIT T=8 vs raster token GPT (KV cache)", "token", "KV cache", "maskgit", "T=8"),
     ("VAR (6 passes) vs raster token GPT (KV cache)", "token", "KV cache", "var", "KV cache"),
     ("var: KV cache vs recompute", "var", "recompute", "var", "KV cache"),
+    ("MAR K=16 S=50 vs raster token GPT (KV cache)", "token", "KV cache", "mar", "K=16 S=50"),
+    ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
 
 
@@ -76,6 +81,8 @@ def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
         return int(variant_kwargs.get("steps", 8))
     if name == "var":
         return len(model.scales)
+    if name == "mar":  # transformer passes; the head adds num_iter * S small sequential calls (head_passes)
+        return int(variant_kwargs.get("num_iter", 16))
     return model.seq_len
 
 
@@ -129,6 +136,8 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
                 seconds = time_sampler(model, batch, repeats, device, **kwargs)
                 rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model, kwargs),
                                  seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained))
+                if name == "mar":
+                    rows[-1]["head_passes"] = kwargs["num_iter"] * kwargs["steps"]
     lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
     ratios = []
     for title, slow_p, slow_v, fast_p, fast_v in RATIOS:
@@ -148,6 +157,9 @@ def format_report(report: dict) -> str:
         accept = f"{r['acceptance']:.2f}" if r.get("acceptance", float("nan")) == r.get("acceptance") else ""
         lines.append(f"{r['paradigm']:<12} {r['variant']:<12} {r['batch']:>5} {r['passes']:>6} "
                      f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f} {accept:>7}")
+    if any(r["paradigm"] == "mar" for r in report["rows"]):
+        lines.append("mar: passes are transformer passes; each is followed by S sequential denoising-head calls "
+                     "(K=16 S=50: 800 head calls per image)")
     if any(r["paradigm"] == "speculative" and not r["trained"] for r in report["rows"]):
         lines.append("speculative rows use untrained models, so acceptance means nothing: pass "
                      "--checkpoint token=PATH --checkpoint draft=PATH")

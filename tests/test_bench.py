@@ -42,3 +42,14 @@ def test_bench_times_every_speculative_variant_against_plain_sampling():
     assert all(0 < r["passes"] <= 49 and 0 <= r["acceptance"] <= 1 for name, r in rows.items() if name != "plain")
     assert {r["ratio"] for r in report["ratios"]} == {f"speculative {v} vs plain" for v in list(rows)[1:]}
     assert "untrained" in bench.format_report(report)
+
+
+def test_bench_times_mar_with_its_transformer_and_head_passes():
+    report = bench.run(["token", "mar"], "smoke", [2], 1, {}, device="cpu")
+    rows = {r["variant"]: r for r in report["rows"] if r["paradigm"] == "mar"}
+    assert set(rows) == {"K=16 S=50", "K=16 S=10", "K=8 S=50"}
+    assert (rows["K=16 S=50"]["passes"], rows["K=16 S=50"]["head_passes"]) == (16, 800)
+    assert (rows["K=8 S=50"]["passes"], rows["K=8 S=50"]["head_passes"]) == (8, 400)
+    ratios = {r["ratio"] for r in report["ratios"]}
+    assert {"MAR K=16 S=50 vs raster token GPT (KV cache)", "mar: S=10 vs S=50 denoising steps"} <= ratios
+    assert "800 head calls" in bench.format_report(report)

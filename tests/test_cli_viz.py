@@ -124,3 +124,13 @@ def test_cli_trains_var_with_its_multiscale_tokenizer(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "var" and 0 < metrics["test_bits_per_token"] <= 8.5
     assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "v.png")]) == 0
+
+
+def test_cli_trains_mar_with_its_continuous_tokenizer(tmp_path):
+    out = tmp_path / "mar-smoke"
+    assert main(["train", "mar", "--preset", "smoke", "--out", str(out), "--n", "10"]) == 0
+    ae_metrics = json.loads((tmp_path / "ae-smoke" / "metrics.json").read_text())
+    assert 0 < ae_metrics["test_mse"] < 0.2 and "token_std" in ae_metrics and "test_perplexity" not in ae_metrics
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "mar" and metrics["samples_per_second"] > 0 and "test_bits_per_token" not in metrics
+    assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "m.png")]) == 0
