@@ -43,8 +43,12 @@ def test_registry_recipes_exist_for_every_preset():
             model = rec["model"]
             assert rec["steps"] > 0 and hasattr(model, "loss")
             assert hasattr(model, "sample") or hasattr(model, "reconstruct"), name
-            if rec["tokenizer"]:
-                assert registry.recipe(rec["tokenizer"], preset)["model"].config.n_codes == model.vocab_size
+            if rec["tokenizer"]:  # the preset's tokenizer fits the model: same vocabulary, or same token width
+                tok_config = registry.recipe(rec["tokenizer"], preset)["model"].config
+                if model.vocab_size is None:
+                    assert tok_config.latent_dim == model.token_dim, name
+                else:
+                    assert tok_config.n_codes == model.vocab_size, name
     with pytest.raises(ValueError, match="unknown model"):
         registry.recipe("nope", "cpu")
     with pytest.raises(ValueError, match="not a registered"):

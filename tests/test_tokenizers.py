@@ -132,7 +132,7 @@ def test_continuous_ae_learns_to_reconstruct_and_hands_out_unit_scale_tokens():
     before = ae.evaluate(images)["mse"]
     fit(ae, make_loader(data, 32), steps=300, lr=3e-3, progress=False)
     after = ae.evaluate(images)
-    assert after["mse"] < 0.05 * before and after["mse"] < 0.005
+    assert after["mse"] < 0.05 * before and after["mse"] < 0.01
     # latent_std tracked the spread of the means during training: the tokens come out near unit scale
     assert 0.8 < after["token_std"] < 1.25, after
 
