@@ -149,7 +149,18 @@ def codebook_usage(codes: torch.Tensor, n_codes: int) -> dict:
     return {"counts": counts, "perplexity": float(entropy.exp()), "used_fraction": float((counts > 0).float().mean())}
 
 
-class VQVAE(nn.Module):
+class ImageTokenizer(nn.Module):
+    """What every tokenizer here shares: the input check and reconstruct = decode(encode(images))."""
+
+    def check_images(self, images: torch.Tensor):
+        check_images(images, self.config.image_size)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+
+class VQVAE(ImageTokenizer):
     """Encoder -> vector quantiser -> decoder. encode(images) gives token grids, decode(tokens) images."""
 
     Config = VQConfig
@@ -163,9 +174,6 @@ class VQVAE(nn.Module):
                                          c.usage_decay)
         self.decoder = ConvDecoder(c.channels, c.n_res, c.latent_dim)
         self._last = {}
-
-    def check_images(self, images: torch.Tensor):
-        check_images(images, self.config.image_size)
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         g, k = self.grid, self.config.n_codes
@@ -212,10 +220,6 @@ class VQVAE(nn.Module):
         """Token grids (B, g, g) -> images (B, 1, H, W) in [0, 1]."""
         tokens = self.check_tokens(tokens).to(self.quantizer.codebook.weight.device)
         return torch.sigmoid(self.decoder(self.quantizer.lookup(tokens)))
-
-    @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images))
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
@@ -376,7 +380,7 @@ class AEConfig:
             raise ValueError(f"need latent_dim >= 1 and kl_weight >= 0, got {self.latent_dim}, {self.kl_weight}")
 
 
-class ContinuousAE(nn.Module):
+class ContinuousAE(ImageTokenizer):
     """A KL-regularised autoencoder (the "KL-16" tokenizer of MAR, in small): the encoder gives a mean and a
     log-variance per latent number, training decodes a sample from that Gaussian, and a light KL pull towards
     N(0, I) keeps the latent space smooth, so a slightly-off generated token still decodes to a clean patch.
@@ -393,9 +397,6 @@ class ContinuousAE(nn.Module):
         self.decoder = ConvDecoder(c.channels, c.n_res, c.latent_dim)
         self.register_buffer("latent_std", torch.ones(()))  # spread of the means on training batches
         self._last = {}
-
-    def check_images(self, images: torch.Tensor):
-        check_images(images, self.config.image_size)
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         g, d = self.grid, self.config.latent_dim
@@ -442,10 +443,6 @@ class ContinuousAE(nn.Module):
         return torch.sigmoid(self.decoder(tokens.permute(0, 3, 1, 2) * self.latent_std))
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images))
-
-    @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
         """Reconstruction MSE per pixel, and the mean and std of the tokens (should be near 0 and 1)."""
         was_training = self.training
@@ -482,13 +479,13 @@ class OnTokenizer:
         self.seq_len, self.vocab_size = self.grid ** 2, getattr(config, "n_codes", None)  # None: continuous
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: VQVAE, **config):
+    def from_tokenizer(cls, tokenizer: ImageTokenizer, **config):
         """A new model holding a copy of a trained tokenizer's weights; `config` sets the other fields."""
         model = cls(cls.Config(tokenizer=dataclasses.asdict(tokenizer.config), **config))
         model.set_tokenizer(tokenizer)
         return model
 
-    def set_tokenizer(self, tokenizer: VQVAE):
+    def set_tokenizer(self, tokenizer: ImageTokenizer):
         if tokenizer.config != self.tokenizer.config:
             raise ValueError(f"tokenizer config {tokenizer.config} differs from the model's {self.tokenizer.config}")
         self.tokenizer.load_state_dict(tokenizer.state_dict())
