@@ -1,24 +1,32 @@
-"""`python -m minigen.bench`: sampling speed of every paradigm, and the ratios that matter, in one run.
+"""`python -m minigen.bench`: every paradigm's sampling cost and sample quality, side by side in one run.
 
-Times are measured side by side on one device in one process, so ratios are meaningful even where
-absolute times are not. Models are the preset's sizes; pass trained checkpoints (--checkpoint
-NAME=PATH) to also report likelihoods, otherwise weights are freshly initialised (speed only: the
-work per pass does not depend on the weights).
+Cost: sequential network passes per image and images per second at each batch size; times are measured side by
+side on one device in one process, so ratios are meaningful even where absolute times are not. Quality (for
+trained models): classifier FID and class accuracy of class-balanced samples (minigen.metrics: a digit-domain
+Frechet distance, not Inception FID) and the test NLL where the paradigm has a likelihood. Models come from
+--checkpoint NAME=PATH, else by --models: `fresh` (untrained weights of the preset's sizes: speed only, the work
+per pass does not depend on the weights), `notebooks` (the checkpoints notebooks 00-07 leave in data/, trained
+now where missing) or `train` (trained now with the preset's recipe, cached in data/bench/).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from minigen import registry
 from minigen import speculative as spec
-from minigen.train import device_name, load_model, pick_device, preset, seed_everything
+from minigen.data import data_dir, load_images
+from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, frechet_distance
+from minigen.train import device_name, load_model, pick_device, preset, read_checkpoint, seed_everything
 
 # paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
 VARIANTS = {
@@ -51,6 +59,14 @@ RATIOS = [
     ("MAR K=16 S=50 vs raster token GPT (KV cache)", "token", "KV cache", "mar", "K=16 S=50"),
     ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
+# the checkpoint each notebook leaves in data/ as NAME_PRESET.pt (--models notebooks)
+NOTEBOOK_CHECKPOINTS = {"pixelgpt": "00_pixelgpt", "pixel": "01_pixelcnn_binary", "token": "03_token",
+                        "var": "04_var", "maskgit": "05_maskgit", "mar": "06_mar", "draft": "07_draft"}
+# variants drawing exactly the same samples as the paradigm's first one (tested), so not scored again
+SAME_SAMPLES = {"recompute"}
+# sample quality per preset: class-balanced samples per scored variant, and the yardstick classifier's steps
+QUALITY = {"smoke": dict(samples=50, classifier_steps=100), "cpu": dict(samples=500, classifier_steps=2000),
+           "gpu": dict(samples=500, classifier_steps=2000)}
 
 
 def _sync(device):
@@ -86,24 +102,108 @@ def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
     return model.seq_len
 
 
-def build(name: str, preset_name: str, checkpoints: dict, device):
-    if name in checkpoints:
-        return load_model(checkpoints[name], device=device), True
+def train_for_bench(name: str, preset_name: str, device) -> Path:
+    """Train `name` with the preset's recipe into data/bench/NAME-PRESET/model.pt (reused when finished)."""
+    from minigen.cli import cmd_train  # the CLI's recipe, tokenizer first
+    path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
+    if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
+        cmd_train(SimpleNamespace(name=name, preset=preset_name, steps=None, out=str(path.parent), device=str(device),
+                                  seed=0, n=20, resume=False, tokenizer=None))
+    return path
+
+
+def find_checkpoint(name: str, preset_name: str, checkpoints: dict, models: str, device) -> str | None:
+    """The checkpoint a paradigm's rows use: given, else the notebook's (--models notebooks), else trained."""
+    if name in checkpoints or models == "fresh":
+        return checkpoints.get(name)
+    notebook = data_dir() / f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}.pt"
+    if models == "notebooks" and notebook.exists():
+        return str(notebook)
+    return str(train_for_bench(name, preset_name, device))
+
+
+def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
+    path = find_checkpoint(name, preset_name, checkpoints, models, device)
+    if path is not None:
+        return load_model(path, device=device), True
     seed_everything(0)
     model = registry.recipe(name, preset_name)["model"]
     return model.to(device).eval(), False
 
 
-def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device) -> list:
+# --- sample quality ---------------------------------------------------------------------------------
+
+def to_28(images: torch.Tensor) -> torch.Tensor:
+    """The classifier reads 28x28: smaller images (the 14x14 pixel transformer) are scaled up by repetition."""
+    return images if images.shape[-1] == 28 else F.interpolate(images.float(), size=(28, 28), mode="nearest")
+
+
+def quality_data(name: str, model) -> dict:
+    """`load_images` arguments for the data this model generates (the binary or grey PixelCNN alike)."""
+    spec_ = registry.data_spec("token" if name == "speculative" else name)
+    if name == "pixel":
+        spec_["binarize"] = model.config.n_levels == 2
+    return spec_
+
+
+class Yardstick:
+    """The digit classifier and, per kind of data (grey or binarised, 28 or 14 pixels), the test split's
+    features; every sample set is scored against the test digits of its own kind."""
+
+    def __init__(self, preset_name: str, device):
+        self.classifier = digit_classifier(steps=QUALITY[preset_name]["classifier_steps"], device=device)
+        self.references, self.report = {}, {}
+        test = load_images("mnist-subset", "test")
+        feats, preds = classifier_outputs(self.classifier, test.images)
+        noise, _ = classifier_outputs(self.classifier, torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+        self.report = {"classifier_test_accuracy": float((preds == test.labels).float().mean()),
+                       "noise_fid": frechet_distance(noise, feats), "floor_fid": {}}
+
+    def reference(self, data: dict) -> torch.Tensor:
+        """Test-split features for this kind of data; its floor (500 training digits of the same kind) recorded."""
+        key = f"{'binarised' if data.get('binarize') else 'grey'} {data.get('size', 28)}px"
+        if key not in self.references:
+            test, train = load_images(split="test", **data), load_images(split="train", **data)
+            self.references[key] = classifier_outputs(self.classifier, to_28(test.images))[0]
+            train_feats, _ = classifier_outputs(self.classifier, to_28(train.images[::9][:500]))
+            self.report["floor_fid"][key] = frechet_distance(train_feats, self.references[key])
+        return self.references[key]
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor, data: dict) -> dict:
+        feats, preds = classifier_outputs(self.classifier, to_28(images))
+        return {"fid": frechet_distance(feats, self.reference(data)),
+                "class_accuracy": float((preds == labels.cpu()).float().mean())}
+
+
+@torch.no_grad()
+def draw(sample_fn, n: int, n_classes: int, device, batch: int = 100) -> tuple:
+    """n class-balanced samples (labels 0..9 in turn) from sample_fn(labels, generator) -> images, one seed."""
+    labels = torch.arange(n) % n_classes
+    generator = torch.Generator().manual_seed(0)
+    images = [sample_fn(chunk.to(device), generator).float().cpu() for chunk in labels.split(batch)]
+    return torch.cat(images), labels
+
+
+def nll_entry(model, data: dict) -> dict:
+    """Test NLL in nats per image, and what it is over (pixels, or the tokens of a token model)."""
+    if not hasattr(model, "nll"):
+        return {}
+    test = load_images(split="test", **data)
+    over = f"{model.seq_len} tokens" if hasattr(model, "tokenizer") else f"{math.prod(test.shape)} pixels"
+    return {"nll": dataset_nll(model, test, batch_size=100), "nll_over": over}
+
+
+def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str = "fresh",
+                     yardstick: Yardstick | None = None, samples: int = 0) -> list:
     """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same
     seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds)."""
-    target, trained_t = build("token", preset_name, checkpoints, device)
-    draft, trained_d = build("draft", preset_name, checkpoints, device)
+    target, trained_t = build("token", preset_name, checkpoints, device, models)
+    draft, trained_d = build("draft", preset_name, checkpoints, device, models)
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
     for label, fn in SPECULATIVE:
         def run_one(y, g, fn=fn):  # -> (tokens, trace or None)
-            return (target.sample_tokens(1, y, generator=g)[0], None) if fn is None else fn(target, draft, y, g)
+            return (target.sample_tokens(len(y), y, generator=g)[0], None) if fn is None else fn(target, draft, y, g)
         run_one(torch.tensor([0], device=device), torch.Generator().manual_seed(0))  # warm-up
         seconds, passes, accept = 0.0, 0.0, 0.0
         for seed in seeds:
@@ -117,25 +217,47 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device) 
         rows.append(dict(paradigm="speculative", variant=label, batch=1, passes=round(passes, 1),
                          seconds_per_batch=seconds, images_per_second=1 / seconds, acceptance=accept,
                          trained=trained_t and trained_d))
+        if yardstick is not None and rows[-1]["trained"] and samples:
+            images, labels = draw(lambda y, g: target.to_images(run_one(y, g)[0]), samples, 10, device)
+            rows[-1].update(yardstick.score(images, labels, quality_data("speculative", target)))
     return rows
 
 
-def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None) -> dict:
+def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None, models: str = "fresh",
+        samples: int | None = None) -> dict:
+    """Time every paradigm's variants at every batch size; with trained models also score their samples
+    (`samples` per variant, default by preset; 0: speed only). Returns the report (rows, ratios, yardstick)."""
     device = pick_device(device)
     unknown = sorted(set(paradigms) - set(VARIANTS) - {"speculative"})
     if unknown:
         raise ValueError(f"no benchmark for {unknown}; choose from {sorted(VARIANTS) + ['speculative']}")
+    if models not in ("fresh", "notebooks", "train"):
+        raise ValueError(f"models must be fresh, notebooks or train, got {models!r}")
+    samples = QUALITY[preset_name]["samples"] if samples is None else samples
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
+    yardstick = None
     rows = []
     for name in paradigms:
+        model, trained = (None, False) if name == "speculative" else build(name, preset_name, checkpoints, device, models)
+        if (trained or name == "speculative") and samples and yardstick is None:
+            yardstick = Yardstick(preset_name, device)
         if name == "speculative":
-            rows += speculative_rows(preset_name, repeats, checkpoints, device)
+            rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples)
             continue
-        model, trained = build(name, preset_name, checkpoints, device)
+        data = quality_data(name, model)
+        likelihood = nll_entry(model, data) if trained else {}
         for label, kwargs in VARIANTS[name]:
+            quality = {}
+            if trained and samples and label not in SAME_SAMPLES:
+                images, labels = draw(lambda y, g: model.sample(len(y), y, generator=g, **kwargs), samples,
+                                      model.config.n_classes, device)
+                quality = yardstick.score(images, labels, data)
             for batch in batches:
                 seconds = time_sampler(model, batch, repeats, device, **kwargs)
                 rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model, kwargs),
-                                 seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained))
+                                 seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained,
+                                 **quality, **likelihood))
                 if name == "mar":
                     rows[-1]["head_passes"] = kwargs["num_iter"] * kwargs["steps"]
     lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
@@ -146,23 +268,40 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
                 ratios.append(dict(ratio=title, batch=batch,
                                    speedup=lookup[(slow_p, slow_v, batch)] / lookup[(fast_p, fast_v, batch)]))
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-            "preset": preset_name, "repeats": repeats, "rows": rows, "ratios": ratios}
+            "preset": preset_name, "repeats": repeats, "models": models, "samples": samples, "rows": rows,
+            "ratios": ratios, "yardstick": yardstick.report if yardstick else None}
+
+
+def _cell(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and value == value else ""
 
 
 def format_report(report: dict) -> str:
     lines = [f"device: {report['device']} | torch {report['torch']} | preset {report['preset']} | "
-             f"repeats {report['repeats']}", "",
-             f"{'paradigm':<12} {'variant':<12} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} {'accept':>7}"]
+             f"repeats {report['repeats']} | models {report.get('models', 'fresh')}", "",
+             f"{'paradigm':<12} {'variant':<12} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} "
+             f"{'accept':>7} {'FID':>7} {'acc':>6} {'NLL':>7}"]
     for r in report["rows"]:
-        accept = f"{r['acceptance']:.2f}" if r.get("acceptance", float("nan")) == r.get("acceptance") else ""
         lines.append(f"{r['paradigm']:<12} {r['variant']:<12} {r['batch']:>5} {r['passes']:>6} "
-                     f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f} {accept:>7}")
+                     f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f} "
+                     f"{_cell(r.get('acceptance'), '.2f'):>7} {_cell(r.get('fid'), '.1f'):>7} "
+                     f"{_cell(r.get('class_accuracy'), '.1%'):>6} {_cell(r.get('nll'), '.1f'):>7}")
     if any(r["paradigm"] == "mar" for r in report["rows"]):
         lines.append("mar: passes are transformer passes; each is followed by S sequential denoising-head calls "
                      "(K=16 S=50: 800 head calls per image)")
     if any(r["paradigm"] == "speculative" and not r["trained"] for r in report["rows"]):
         lines.append("speculative rows use untrained models, so acceptance means nothing: pass "
                      "--checkpoint token=PATH --checkpoint draft=PATH")
+    overs = sorted({f"{r['paradigm']}: {r['nll_over']}" for r in report["rows"] if "nll_over" in r})
+    if overs:
+        lines.append("NLL: test nats per image over what the model generates (" + "; ".join(overs) + ")")
+    if report.get("yardstick"):
+        y = report["yardstick"]
+        floors = ", ".join(f"{k} {v:.1f}" for k, v in y["floor_fid"].items())
+        lines.append(f"FID / acc: classifier FID (digit-domain, not Inception) and class accuracy of {report['samples']} "
+                     f"class-balanced samples against the test digits of the model's kind | classifier test accuracy "
+                     f"{y['classifier_test_accuracy']:.1%} | floor (500 training digits): {floors} | uniform noise "
+                     f"{y['noise_fid']:.0f}")
     lines += ["", f"{'side by side':<48} {'batch':>5} {'speed-up':>9}"]
     for r in report["ratios"]:
         lines.append(f"{r['ratio']:<48} {r['batch']:>5} {r['speedup']:>8.2f}x")
@@ -179,6 +318,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row; the best one is kept")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                         help="use trained weights for a paradigm (repeatable)")
+    parser.add_argument("--models", choices=["fresh", "notebooks", "train"], default="fresh",
+                        help="fresh: untrained weights, speed only; notebooks: the checkpoints notebooks 00-07 leave in "
+                             "data/ (trained now where missing); train: trained now with the preset's recipe "
+                             "(cached in data/bench/). Trained models also get FID, class accuracy and NLL")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples per scored variant (default: 50 smoke, 500 cpu/gpu; 0: speed only)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
@@ -188,7 +333,8 @@ def main(argv=None) -> int:
         checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
         if any(b < 1 for b in args.batches) or args.repeats < 1:
             raise ValueError("batches and repeats must be positive")
-        report = run(args.paradigms, preset(args.preset), args.batches, args.repeats, checkpoints, args.device)
+        report = run(args.paradigms, preset(args.preset), args.batches, args.repeats, checkpoints, args.device,
+                     args.models, args.samples)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

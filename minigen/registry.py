@@ -46,6 +46,13 @@ def model_class(key: str):
     raise ValueError(f"checkpoint model {key!r} is not a registered minigen model")
 
 
+def data_spec(name: str) -> dict | None:
+    """The `load_images` arguments of the data `name` trains on (None for non-image models)."""
+    module = _module(name)
+    data = getattr(module, MODELS[name][3])
+    return dict(data) if data is not None else None
+
+
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     module = _module(name)

@@ -1,4 +1,6 @@
 import json
+import pytest
+import torch
 
 from minigen import bench
 from minigen.train import save_checkpoint
@@ -53,3 +55,58 @@ def test_bench_times_mar_with_its_transformer_and_head_passes():
     ratios = {r["ratio"] for r in report["ratios"]}
     assert {"MAR K=16 S=50 vs raster token GPT (KV cache)", "mar: S=10 vs S=50 denoising steps"} <= ratios
     assert "800 head calls" in bench.format_report(report)
+
+
+def test_yardstick_scores_samples_by_their_requested_labels():
+    from minigen.data import load_images
+    ys = bench.Yardstick("smoke", torch.device("cpu"))
+    test = load_images("mnist-subset", "test")
+    by_class = [test.images[test.labels == k] for k in range(10)]
+
+    def real_digits(labels, generator, shift=0):  # a perfect "model": unseen test digits of the asked class (+ shift)
+        picks = []
+        for k in labels.tolist():
+            used[k] += 1
+            picks.append(by_class[(k + shift) % 10][used[k] % 50])
+        return torch.stack(picks)
+
+    used = [0] * 10
+    images, labels = bench.draw(real_digits, 200, 10, "cpu", batch=30)
+    assert labels.tolist() == [i % 10 for i in range(200)]
+    right = ys.score(images, labels, dict(name="mnist-subset"))
+    used = [0] * 10
+    wrong = ys.score(*bench.draw(lambda y, g: real_digits(y, g, shift=1), 200, 10, "cpu"), dict(name="mnist-subset"))
+    noise = ys.score(torch.rand(200, 1, 28, 28), labels, dict(name="mnist-subset"))
+    assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.15
+    train = load_images("mnist-subset", "train")
+    train_200 = torch.cat([train.images[train.labels == k][:20] for k in range(10)])  # 20 per class
+    train_200 = ys.score(train_200, labels, dict(name="mnist-subset"))
+    assert right["fid"] < 1.5 * train_200["fid"] < noise["fid"] / 10  # 200 digits: FID's small-sample bias
+    assert abs(right["fid"] - wrong["fid"]) < 1e-6  # the same digits in another order: FID ignores labels
+    # 14x14 binarised digits are scaled to 28x28 and judged against test digits of their own kind
+    small = dict(name="mnist-subset", binarize=True, size=14)
+    ys.score(load_images(split="test", **small).images[:100], test.labels[:100], small)
+    assert set(ys.report["floor_fid"]) == {"grey 28px", "binarised 14px"}
+
+
+def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
+    from minigen import registry
+    from minigen.data import data_dir
+    save_checkpoint(data_dir() / "03_token_smoke.pt", registry.recipe("token", "smoke")["model"], step=1)
+    report = bench.run(["token", "speculative"], "smoke", [1], 1, {}, device="cpu", models="notebooks", samples=20)
+    rows = {(r["paradigm"], r["variant"]): r for r in report["rows"]}
+    assert all(r["trained"] for r in rows.values())
+    assert (data_dir() / "bench" / "draft-smoke" / "model.pt").exists()  # no notebook draft: trained now
+    assert not (data_dir() / "bench" / "token-smoke").exists()  # the notebook's token GPT was used
+    for key, row in rows.items():
+        if key[1] == "recompute":  # same samples as the KV cache: not scored twice
+            assert "fid" not in row
+        else:
+            assert row["fid"] > 0 and 0 <= row["class_accuracy"] <= 1
+    assert rows[("token", "KV cache")]["nll_over"] == "49 tokens" and rows[("token", "KV cache")]["nll"] > 0
+    assert "nll" not in rows[("speculative", "plain")]
+    assert report["yardstick"]["noise_fid"] > 0 and "FID / acc" in bench.format_report(report)
+    fresh = bench.run(["token"], "smoke", [1], 1, {}, device="cpu")
+    assert fresh["yardstick"] is None and all("fid" not in r for r in fresh["rows"])
+    with pytest.raises(ValueError, match="models"):
+        bench.run(["token"], "smoke", [1], 1, {}, device="cpu", models="pretrained")
