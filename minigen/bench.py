@@ -26,15 +26,16 @@ from minigen import registry
 from minigen import speculative as spec
 from minigen.data import data_dir, load_images
 from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, frechet_distance
-from minigen.train import device_name, load_model, pick_device, preset, read_checkpoint, seed_everything
+from minigen.train import (CheckpointError, device_name, load_model, pick_device, preset, progress_bar, read_checkpoint,
+                           seed_everything)
 
 # paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
 VARIANTS = {
     "pixelgpt": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
     "pixel": [("windowed", {})],
     "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
     "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
+    "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
     # MAR: num_iter transformer passes, each followed by S sequential calls of the denoising head
     "mar": [("K=16 S=50", dict(num_iter=16, steps=50)), ("K=16 S=10", dict(num_iter=16, steps=10)),
             ("K=8 S=50", dict(num_iter=8, steps=50))],
@@ -123,12 +124,20 @@ def find_checkpoint(name: str, preset_name: str, checkpoints: dict, models: str,
 
 
 def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
+    """(model, checkpoint path or None for fresh weights). A notebook checkpoint that no longer fits the
+    code (older config or parameter names) is reported and replaced by one trained now."""
     path = find_checkpoint(name, preset_name, checkpoints, models, device)
-    if path is not None:
-        return load_model(path, device=device), True
-    seed_everything(0)
-    model = registry.recipe(name, preset_name)["model"]
-    return model.to(device).eval(), False
+    if path is None:
+        seed_everything(0)
+        return registry.recipe(name, preset_name)["model"].to(device).eval(), None
+    try:
+        return load_model(path, device=device), path
+    except CheckpointError as err:
+        if name in checkpoints or models != "notebooks":
+            raise
+        print(f"ignoring {path}: {err}")
+        path = str(train_for_bench(name, preset_name, device))
+        return load_model(path, device=device), path
 
 
 # --- sample quality ---------------------------------------------------------------------------------
@@ -194,11 +203,11 @@ def nll_entry(model, data: dict) -> dict:
 
 
 def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str = "fresh",
-                     yardstick: Yardstick | None = None, samples: int = 0) -> list:
+                     yardstick: Yardstick | None = None, samples: int = 0, previews: dict | None = None) -> list:
     """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same
     seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds)."""
-    target, trained_t = build("token", preset_name, checkpoints, device, models)
-    draft, trained_d = build("draft", preset_name, checkpoints, device, models)
+    target, target_path = build("token", preset_name, checkpoints, device, models)
+    draft, draft_path = build("draft", preset_name, checkpoints, device, models)
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
     for label, fn in SPECULATIVE:
@@ -216,17 +225,20 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, 
             accept += (trace["acceptance"] if trace else float("nan")) / len(seeds)
         rows.append(dict(paradigm="speculative", variant=label, batch=1, passes=round(passes, 1),
                          seconds_per_batch=seconds, images_per_second=1 / seconds, acceptance=accept,
-                         trained=trained_t and trained_d))
+                         trained=bool(target_path and draft_path)))
         if yardstick is not None and rows[-1]["trained"] and samples:
             images, labels = draw(lambda y, g: target.to_images(run_one(y, g)[0]), samples, 10, device)
             rows[-1].update(yardstick.score(images, labels, quality_data("speculative", target)))
+            if previews is not None:
+                previews[("speculative", label)] = images[:20]
     return rows
 
 
 def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None, models: str = "fresh",
-        samples: int | None = None) -> dict:
+        samples: int | None = None, previews: dict | None = None, progress: bool = False) -> dict:
     """Time every paradigm's variants at every batch size; with trained models also score their samples
-    (`samples` per variant, default by preset; 0: speed only). Returns the report (rows, ratios, yardstick)."""
+    (`samples` per variant, default by preset; 0: speed only). Returns the report (rows, ratios, yardstick);
+    a `previews` dict gets the first 20 scored samples of each variant (classes 0-9 twice)."""
     device = pick_device(device)
     unknown = sorted(set(paradigms) - set(VARIANTS) - {"speculative"})
     if unknown:
@@ -238,12 +250,13 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
         raise ValueError(f"samples must be >= 0, got {samples}")
     yardstick = None
     rows = []
-    for name in paradigms:
-        model, trained = (None, False) if name == "speculative" else build(name, preset_name, checkpoints, device, models)
+    for name in progress_bar(paradigms, progress, desc="bench"):
+        model, path = (None, None) if name == "speculative" else build(name, preset_name, checkpoints, device, models)
+        trained = path is not None
         if (trained or name == "speculative") and samples and yardstick is None:
             yardstick = Yardstick(preset_name, device)
         if name == "speculative":
-            rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples)
+            rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples, previews)
             continue
         data = quality_data(name, model)
         likelihood = nll_entry(model, data) if trained else {}
@@ -253,6 +266,8 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
                 images, labels = draw(lambda y, g: model.sample(len(y), y, generator=g, **kwargs), samples,
                                       model.config.n_classes, device)
                 quality = yardstick.score(images, labels, data)
+                if previews is not None:
+                    previews[(name, label)] = images[:20]
             for batch in batches:
                 seconds = time_sampler(model, batch, repeats, device, **kwargs)
                 rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model, kwargs),
@@ -274,6 +289,45 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
 
 def _cell(value, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and value == value else ""
+
+
+# what each paradigm's rows are, in words, for tables and charts
+TITLES = {"pixelgpt": "pixel transformer (14x14, binary)", "pixel": "Gated PixelCNN", "token": "raster token GPT",
+          "var": "VAR", "maskgit": "MaskGIT", "mar": "MAR", "speculative": "speculative decoding of the token GPT"}
+
+
+def summary(report: dict) -> list[dict]:
+    """One entry per (paradigm, variant): passes, ms per image at batch 1, images/s at the largest batch,
+    and the quality columns (None where not measured)."""
+    out = {}
+    for r in report["rows"]:
+        key = (r["paradigm"], r["variant"])
+        entry = out.setdefault(key, dict(paradigm=r["paradigm"], variant=r["variant"], passes=r["passes"],
+                                         head_passes=r.get("head_passes"), ms_batch1=None, batch=0,
+                                         images_per_second=None, fid=r.get("fid"), class_accuracy=r.get("class_accuracy"),
+                                         nll=r.get("nll"), nll_over=r.get("nll_over"), acceptance=r.get("acceptance")))
+        if r["batch"] == 1:
+            entry["ms_batch1"] = 1e3 * r["seconds_per_batch"]
+        if r["batch"] > entry["batch"]:
+            entry.update(batch=r["batch"], images_per_second=r["images_per_second"])
+    order = list(TITLES)  # the course's order, whatever order the run had
+    return sorted(out.values(), key=lambda e: order.index(e["paradigm"]))
+
+
+def markdown_table(report: dict) -> str:
+    """The summary as a Markdown table (README, notebook 09), device and preset named above it."""
+    big = max(r["batch"] for r in report["rows"])
+    lines = [f"Device: {report['device']}, torch {report['torch']}, preset `{report['preset']}`, "
+             f"{report['samples']} samples per row.", "",
+             f"| paradigm | sampler | sequential passes | ms / image (batch 1) | images / s (batch {big}) | "
+             "classifier FID ↓ | class accuracy | test NLL (nats / image) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for e in summary(report):
+        passes = f"{e['passes']} + {e['head_passes']} head" if e["head_passes"] else f"{e['passes']}"
+        nll = f"{e['nll']:.1f} ({e['nll_over']})" if e["nll"] is not None else "—"
+        lines.append(f"| {TITLES[e['paradigm']]} | {e['variant']} | {passes} | {_cell(e['ms_batch1'], '.1f') or '—'} | "
+                     f"{_cell(e['images_per_second'], '.0f') if e['batch'] == big else '—'} | {_cell(e['fid'], '.0f') or '—'} | "
+                     f"{_cell(e['class_accuracy'], '.0%') or '—'} | {nll} |")
+    return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:
@@ -311,7 +365,7 @@ def format_report(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None, help="model sizes (default: detected)")
-    parser.add_argument("--paradigms", nargs="*", default=sorted(VARIANTS) + ["speculative"],
+    parser.add_argument("--paradigms", nargs="*", default=list(VARIANTS) + ["speculative"],
                         help=f"subset of {sorted(VARIANTS) + ['speculative']} (speculative: batch 1, needs "
                              "--checkpoint token=... and draft=... to mean anything)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64])
@@ -326,6 +380,7 @@ def main(argv=None) -> int:
                         help="samples per scored variant (default: 50 smoke, 500 cpu/gpu; 0: speed only)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--markdown", action="store_true", help="also print the summary as a Markdown table")
     args = parser.parse_args(argv)
     try:
         if any("=" not in item for item in args.checkpoint):
@@ -339,6 +394,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(report))
+    if args.markdown:
+        print("\n" + markdown_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -106,6 +106,11 @@ def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
     assert rows[("token", "KV cache")]["nll_over"] == "49 tokens" and rows[("token", "KV cache")]["nll"] > 0
     assert "nll" not in rows[("speculative", "plain")]
     assert report["yardstick"]["noise_fid"] > 0 and "FID / acc" in bench.format_report(report)
+    table = bench.markdown_table(report).splitlines()
+    token_line = next(line for line in table if line.startswith("| raster token GPT | KV cache |"))
+    cells = [c.strip() for c in token_line.strip("|").split("|")]
+    assert cells[2] == "49" and cells[5] == f"{rows[('token', 'KV cache')]['fid']:.0f}"
+    assert sum(line.startswith("| speculative") for line in table) == len(bench.SPECULATIVE)
     fresh = bench.run(["token"], "smoke", [1], 1, {}, device="cpu")
     assert fresh["yardstick"] is None and all("fid" not in r for r in fresh["rows"])
     with pytest.raises(ValueError, match="models"):
