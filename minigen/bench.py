@@ -242,7 +242,7 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
     device = pick_device(device)
     unknown = sorted(set(paradigms) - set(VARIANTS) - {"speculative"})
     if unknown:
-        raise ValueError(f"no benchmark for {unknown}; choose from {sorted(VARIANTS) + ['speculative']}")
+        raise ValueError(f"no benchmark for {unknown}; choose from {list(VARIANTS) + ['speculative']}")
     if models not in ("fresh", "notebooks", "train"):
         raise ValueError(f"models must be fresh, notebooks or train, got {models!r}")
     samples = QUALITY[preset_name]["samples"] if samples is None else samples
@@ -366,8 +366,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None, help="model sizes (default: detected)")
     parser.add_argument("--paradigms", nargs="*", default=list(VARIANTS) + ["speculative"],
-                        help=f"subset of {sorted(VARIANTS) + ['speculative']} (speculative: batch 1, needs "
-                             "--checkpoint token=... and draft=... to mean anything)")
+                        help=f"subset of {list(VARIANTS) + ['speculative']} (speculative: batch 1; its acceptance "
+                             "means something only with trained models: --models notebooks, or --checkpoint "
+                             "token=... and draft=...)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row; the best one is kept")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",

@@ -115,3 +115,14 @@ def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
     assert fresh["yardstick"] is None and all("fid" not in r for r in fresh["rows"])
     with pytest.raises(ValueError, match="models"):
         bench.run(["token"], "smoke", [1], 1, {}, device="cpu", models="pretrained")
+
+
+def test_a_stale_notebook_checkpoint_is_reported_and_replaced(capsys):
+    from minigen.data import data_dir
+    stale = data_dir() / "05_maskgit_smoke.pt"
+    stale.write_bytes(b"not a checkpoint")
+    model, path = bench.build("maskgit", "smoke", {}, "cpu", models="notebooks")
+    assert path.endswith("bench/maskgit-smoke/model.pt") and model.mask_id > 0
+    assert f"ignoring {stale}" in capsys.readouterr().out
+    with pytest.raises(RuntimeError):  # a checkpoint the user names is never silently replaced
+        bench.build("maskgit", "smoke", {"maskgit": str(stale)}, "cpu", models="notebooks")
