@@ -161,7 +161,7 @@ class Yardstick:
 
     def __init__(self, preset_name: str, device):
         self.classifier = digit_classifier(steps=QUALITY[preset_name]["classifier_steps"], device=device)
-        self.references, self.report = {}, {}
+        self.references = {}
         test = load_images("mnist-subset", "test")
         feats, preds = classifier_outputs(self.classifier, test.images)
         noise, _ = classifier_outputs(self.classifier, torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
@@ -178,18 +178,27 @@ class Yardstick:
             self.report["floor_fid"][key] = frechet_distance(train_feats, self.references[key])
         return self.references[key]
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor, data: dict) -> dict:
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None, data: dict) -> dict:
+        """Classifier FID against the test digits of this kind; class accuracy where labels were asked for."""
         feats, preds = classifier_outputs(self.classifier, to_28(images))
-        return {"fid": frechet_distance(feats, self.reference(data)),
-                "class_accuracy": float((preds == labels.cpu()).float().mean())}
+        out = {"fid": frechet_distance(feats, self.reference(data))}
+        if labels is not None:
+            out["class_accuracy"] = float((preds == labels.cpu()).float().mean())
+        return out
 
 
 @torch.no_grad()
 def draw(sample_fn, n: int, n_classes: int, device, batch: int = 100) -> tuple:
-    """n class-balanced samples (labels 0..9 in turn) from sample_fn(labels, generator) -> images, one seed."""
-    labels = torch.arange(n) % n_classes
+    """n samples from sample_fn(count, labels, generator) -> images, in chunks of `batch`, all from one seeded
+    generator; labels 0, 1, ... in turn (class-balanced), None for an unconditional model (n_classes 0).
+    Returns (images, labels)."""
+    labels = torch.arange(n) % n_classes if n_classes else None
     generator = torch.Generator().manual_seed(0)
-    images = [sample_fn(chunk.to(device), generator).float().cpu() for chunk in labels.split(batch)]
+    images = []
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        chunk = labels[start:start + count].to(device) if labels is not None else None
+        images.append(sample_fn(count, chunk, generator).float().cpu())
     return torch.cat(images), labels
 
 
@@ -203,9 +212,10 @@ def nll_entry(model, data: dict) -> dict:
 
 
 def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str = "fresh",
-                     yardstick: Yardstick | None = None, samples: int = 0, previews: dict | None = None) -> list:
+                     yardstick=None, samples: int = 0, previews: dict | None = None) -> list:
     """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same
-    seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds)."""
+    seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds). With trained
+    models, `yardstick()` (made on first call) scores `samples` samples of each variant."""
     target, target_path = build("token", preset_name, checkpoints, device, models)
     draft, draft_path = build("draft", preset_name, checkpoints, device, models)
     seeds = range(1, max(repeats, 10) + 1)
@@ -227,8 +237,8 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, 
                          seconds_per_batch=seconds, images_per_second=1 / seconds, acceptance=accept,
                          trained=bool(target_path and draft_path)))
         if yardstick is not None and rows[-1]["trained"] and samples:
-            images, labels = draw(lambda y, g: target.to_images(run_one(y, g)[0]), samples, 10, device)
-            rows[-1].update(yardstick.score(images, labels, quality_data("speculative", target)))
+            images, labels = draw(lambda k, y, g: target.to_images(run_one(y, g)[0]), samples, target.n_classes, device)
+            rows[-1].update(yardstick().score(images, labels, quality_data("speculative", target)))
             if previews is not None:
                 previews[("speculative", label)] = images[:20]
     return rows
@@ -248,13 +258,17 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
     samples = QUALITY[preset_name]["samples"] if samples is None else samples
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
-    yardstick = None
+    made = []  # the yardstick, made on first use: its classifier takes minutes to train on a CPU
+
+    def yardstick() -> Yardstick:
+        if not made:
+            made.append(Yardstick(preset_name, device))
+        return made[0]
+
     rows = []
     for name in progress_bar(paradigms, progress, desc="bench"):
         model, path = (None, None) if name == "speculative" else build(name, preset_name, checkpoints, device, models)
         trained = path is not None
-        if (trained or name == "speculative") and samples and yardstick is None:
-            yardstick = Yardstick(preset_name, device)
         if name == "speculative":
             rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples, previews)
             continue
@@ -263,9 +277,9 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
         for label, kwargs in VARIANTS[name]:
             quality = {}
             if trained and samples and label not in SAME_SAMPLES:
-                images, labels = draw(lambda y, g: model.sample(len(y), y, generator=g, **kwargs), samples,
+                images, labels = draw(lambda k, y, g: model.sample(k, y, generator=g, **kwargs), samples,
                                       model.config.n_classes, device)
-                quality = yardstick.score(images, labels, data)
+                quality = yardstick().score(images, labels, data)
                 if previews is not None:
                     previews[(name, label)] = images[:20]
             for batch in batches:
@@ -284,7 +298,7 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
                                    speedup=lookup[(slow_p, slow_v, batch)] / lookup[(fast_p, fast_v, batch)]))
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "preset": preset_name, "repeats": repeats, "models": models, "samples": samples, "rows": rows,
-            "ratios": ratios, "yardstick": yardstick.report if yardstick else None}
+            "ratios": ratios, "yardstick": made[0].report if made else None}
 
 
 def _cell(value, fmt: str) -> str:

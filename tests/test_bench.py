@@ -44,6 +44,7 @@ def test_bench_times_every_speculative_variant_against_plain_sampling():
     assert all(0 < r["passes"] <= 49 and 0 <= r["acceptance"] <= 1 for name, r in rows.items() if name != "plain")
     assert {r["ratio"] for r in report["ratios"]} == {f"speculative {v} vs plain" for v in list(rows)[1:]}
     assert "untrained" in bench.format_report(report)
+    assert report["yardstick"] is None  # untrained models: no classifier is trained, nothing is scored
 
 
 def test_bench_times_mar_with_its_transformer_and_head_passes():
@@ -63,7 +64,7 @@ def test_yardstick_scores_samples_by_their_requested_labels():
     test = load_images("mnist-subset", "test")
     by_class = [test.images[test.labels == k] for k in range(10)]
 
-    def real_digits(labels, generator, shift=0):  # a perfect "model": unseen test digits of the asked class (+ shift)
+    def real_digits(count, labels, generator, shift=0):  # a perfect "model": unseen test digits of the asked class (+ shift)
         picks = []
         for k in labels.tolist():
             used[k] += 1
@@ -75,7 +76,7 @@ def test_yardstick_scores_samples_by_their_requested_labels():
     assert labels.tolist() == [i % 10 for i in range(200)]
     right = ys.score(images, labels, dict(name="mnist-subset"))
     used = [0] * 10
-    wrong = ys.score(*bench.draw(lambda y, g: real_digits(y, g, shift=1), 200, 10, "cpu"), dict(name="mnist-subset"))
+    wrong = ys.score(*bench.draw(lambda k, y, g: real_digits(k, y, g, shift=1), 200, 10, "cpu"), dict(name="mnist-subset"))
     noise = ys.score(torch.rand(200, 1, 28, 28), labels, dict(name="mnist-subset"))
     assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.15
     train = load_images("mnist-subset", "train")
@@ -87,6 +88,10 @@ def test_yardstick_scores_samples_by_their_requested_labels():
     small = dict(name="mnist-subset", binarize=True, size=14)
     ys.score(load_images(split="test", **small).images[:100], test.labels[:100], small)
     assert set(ys.report["floor_fid"]) == {"grey 28px", "binarised 14px"}
+    # an unconditional model is asked without labels and gets no class accuracy
+    images, labels = bench.draw(lambda k, y, g: torch.rand(k, 1, 28, 28, generator=g), 130, 0, "cpu", batch=50)
+    assert labels is None and images.shape == (130, 1, 28, 28)
+    assert set(ys.score(images, labels, dict(name="mnist-subset"))) == {"fid"}
 
 
 def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
