@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from minigen import registry
 from minigen import speculative as spec
 from minigen.data import data_dir, load_images
-from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, frechet_distance
+from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, sample_quality
 from minigen.train import (CheckpointError, device_name, load_model, pick_device, preset, progress_bar, read_checkpoint,
                            seed_everything)
 
@@ -164,27 +164,27 @@ class Yardstick:
         self.references = {}
         test = load_images("mnist-subset", "test")
         feats, preds = classifier_outputs(self.classifier, test.images)
-        noise, _ = classifier_outputs(self.classifier, torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+        self.references["grey 28px"] = feats  # the grey test digits' features, reused as that kind's reference
+        noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
         self.report = {"classifier_test_accuracy": float((preds == test.labels).float().mean()),
-                       "noise_fid": frechet_distance(noise, feats), "floor_fid": {}}
+                       "noise_fid": sample_quality(self.classifier, noise, feats)["fid"], "floor_fid": {}}
 
     def reference(self, data: dict) -> torch.Tensor:
         """Test-split features for this kind of data; its floor (500 training digits of the same kind) recorded."""
         key = f"{'binarised' if data.get('binarize') else 'grey'} {data.get('size', 28)}px"
         if key not in self.references:
-            test, train = load_images(split="test", **data), load_images(split="train", **data)
-            self.references[key] = classifier_outputs(self.classifier, to_28(test.images))[0]
-            train_feats, _ = classifier_outputs(self.classifier, to_28(train.images[::9][:500]))
-            self.report["floor_fid"][key] = frechet_distance(train_feats, self.references[key])
+            self.references[key] = classifier_outputs(self.classifier, to_28(load_images(split="test", **data).images))[0]
+        if key not in self.report["floor_fid"]:
+            train = load_images(split="train", **data)
+            self.report["floor_fid"][key] = sample_quality(self.classifier, to_28(train.images[::9][:500]),
+                                                           self.references[key])["fid"]
         return self.references[key]
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None, data: dict) -> dict:
         """Classifier FID against the test digits of this kind; class accuracy where labels were asked for."""
-        feats, preds = classifier_outputs(self.classifier, to_28(images))
-        out = {"fid": frechet_distance(feats, self.reference(data))}
-        if labels is not None:
-            out["class_accuracy"] = float((preds == labels.cpu()).float().mean())
-        return out
+        quality = sample_quality(self.classifier, to_28(images), self.reference(data), labels)
+        quality.pop("n")  # the report states the sample count once
+        return quality
 
 
 @torch.no_grad()
@@ -267,11 +267,11 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
 
     rows = []
     for name in progress_bar(paradigms, progress, desc="bench"):
-        model, path = (None, None) if name == "speculative" else build(name, preset_name, checkpoints, device, models)
-        trained = path is not None
         if name == "speculative":
             rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples, previews)
             continue
+        model, path = build(name, preset_name, checkpoints, device, models)
+        trained = path is not None
         data = quality_data(name, model)
         likelihood = nll_entry(model, data) if trained else {}
         for label, kwargs in VARIANTS[name]:

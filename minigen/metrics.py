@@ -109,10 +109,10 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
 def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference: torch.Tensor,
                    labels: torch.Tensor | None = None) -> dict:
-    """Classifier FID of samples against reference images, and (given the requested labels) the
-    fraction of samples the classifier assigns to the requested class."""
+    """Classifier FID of samples against reference images (N, 1, 28, 28) or their ready features (N, 128),
+    and (given the requested labels) the fraction of samples the classifier assigns to the requested class."""
     feats, preds = classifier_outputs(classifier, samples)
-    ref_feats, _ = classifier_outputs(classifier, reference)
+    ref_feats = reference if reference.dim() == 2 else classifier_outputs(classifier, reference)[0]
     out = {"fid": frechet_distance(feats, ref_feats), "n": len(samples)}
     if labels is not None:
         out["class_accuracy"] = float((preds == torch.as_tensor(labels).cpu()).float().mean())

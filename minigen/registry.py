@@ -56,8 +56,8 @@ def data_spec(name: str) -> dict | None:
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     module = _module(name)
-    _, class_name, presets_attr, data_attr = MODELS[name]
-    cls, presets, data = getattr(module, class_name), getattr(module, presets_attr), getattr(module, data_attr)
+    _, class_name, presets_attr, _ = MODELS[name]
+    cls, presets = getattr(module, class_name), getattr(module, presets_attr)
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
     spec = presets[preset]
@@ -65,7 +65,7 @@ def recipe(name: str, preset: str) -> dict:
     return {
         "module": module,
         "model": cls(config),
-        "data": dict(data) if data is not None else None,
+        "data": data_spec(name),
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],
