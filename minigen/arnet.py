@@ -241,9 +241,10 @@ class ARNet(nn.Module):
         noise_std = float(self.noise_std) if noise_std is None else noise_std
         device = next(self.parameters()).device
         lags = torch.zeros(n, self.config.p, device=device)
+        noise_device = generator.device if generator is not None else device  # a generator draws on its own device
         out = []
         for _ in range(length + self.config.p):
-            noise = torch.randn(n, generator=generator).to(device) * noise_std
+            noise = torch.randn(n, generator=generator, device=noise_device).to(device) * noise_std
             nxt = self(lags)[:, 0] + noise  # (n,)
             out.append(nxt)
             lags = torch.cat([nxt[:, None], lags[:, :-1]], dim=1)

@@ -27,7 +27,7 @@ from minigen import speculative as spec
 from minigen.data import data_dir, load_images
 from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, sample_quality
 from minigen.train import (CheckpointError, device_name, load_model, pick_device, preset, progress_bar, read_checkpoint,
-                           seed_everything)
+                           seed_everything, synchronize)
 
 # paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
 VARIANTS = {
@@ -70,9 +70,6 @@ QUALITY = {"smoke": dict(samples=50, classifier_steps=100), "cpu": dict(samples=
            "gpu": dict(samples=500, classifier_steps=2000)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
@@ -82,10 +79,10 @@ def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
     model.sample(batch, labels, generator=torch.Generator().manual_seed(0), **kwargs)
     best = float("inf")
     for r in range(repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         model.sample(batch, labels, generator=torch.Generator().manual_seed(r + 1), **kwargs)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -226,10 +223,10 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, 
         run_one(torch.tensor([0], device=device), torch.Generator().manual_seed(0))  # warm-up
         seconds, passes, accept = 0.0, 0.0, 0.0
         for seed in seeds:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             _, trace = run_one(torch.tensor([seed % 10], device=device), torch.Generator().manual_seed(seed))
-            _sync(device)
+            synchronize(device)
             seconds += (time.perf_counter() - t0) / len(seeds)
             passes += (trace["target_passes"] if trace else target.seq_len) / len(seeds)
             accept += (trace["acceptance"] if trace else float("nan")) / len(seeds)

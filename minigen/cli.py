@@ -53,9 +53,10 @@ def cmd_train(args) -> dict:
     test_set = load_images(split="test", **rec["data"])
     print(f"training {args.name} | preset {preset_name} | {steps} steps | {device_name(device)}")
     history = fit(model, make_loader(train_set, rec["batch_size"], seed=args.seed), steps=steps, lr=rec["lr"],
-                  ema_decay=rec["ema_decay"], device=device, checkpoint=out / "model.pt", resume=args.resume,
-                  desc=args.name)
+                  ema_decay=rec["ema_decay"], device=device, precision=getattr(args, "precision", None),
+                  checkpoint=out / "model.pt", resume=args.resume, desc=args.name)
     metrics = {"model": args.name, "preset": preset_name, "device": device_name(device), "steps": steps,
+               "precision": history["precision"],
                "train_seconds": round(history["seconds"], 2), "torch": torch.__version__,
                "final_train_loss": history["loss"][-1] if history["loss"] else None}
     if hasattr(model, "nll"):
@@ -134,6 +135,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--out", default=None, help="output folder (default runs/NAME-PRESET)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: detected)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="training precision (default: bf16 on recent CUDA GPUs, fp16 on older ones, else fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=64, help="samples drawn for samples.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")

@@ -302,8 +302,8 @@ class BinaryPatterns:
         return ImageDataset(x, torch.zeros(n, dtype=torch.long), name="binary-patterns", class_names=["0"])
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log-probability in nats of images x (N, 1, size, size) -> (N,)."""
-        flat = x.reshape(x.shape[0], -1)  # (N, D)
+        """Exact log-probability in nats of images x (N, 1, size, size) -> (N,), computed on the host in float64."""
+        flat = x.reshape(x.shape[0], -1).cpu()  # (N, D)
         protos = self.prototypes.reshape(self.n_patterns, -1)  # (K, D)
         dist = (flat[:, None, :] != protos[None, :, :]).sum(-1).double()  # (N, K) Hamming distances
         D = flat.shape[1]

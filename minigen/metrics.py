@@ -86,7 +86,7 @@ def classifier_outputs(classifier: DigitClassifier, images: torch.Tensor, batch_
     feats, preds = [], []
     for chunk in images.split(batch_size):
         f = classifier.features(chunk.to(device))
-        feats.append(f.double().cpu())
+        feats.append(f.cpu().double())  # to the host first: MPS has no float64
         preds.append(classifier.out(f).argmax(1).cpu())
     return torch.cat(feats), torch.cat(preds)
 

@@ -8,6 +8,7 @@ MultiScaleVQ (VAR) quantises coarse to fine, ContinuousAE (MAR) keeps the 7x7 la
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,36 @@ class VQConfig:
             raise ValueError(f"image_size must be divisible by 4 (two stride-2 stages), got {self.image_size}")
         if self.n_codes < 2 or self.latent_dim < 1:
             raise ValueError(f"need n_codes >= 2 and latent_dim >= 1, got {self.n_codes}, {self.latent_dim}")
+
+
+def fp32(module: nn.Module):
+    """A region where autocast is off on the module's device: quantisation (distances, argmin, codebook writes)
+    and encoding give the same tokens whatever precision the surrounding training step uses."""
+    return torch.autocast(next(module.parameters()).device.type, enabled=False)
+
+
+def in_fp32(method):
+    """Decorator: run a tokenizer method with autocast off (see fp32)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with fp32(self):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Box-average downsampling (B, C, g, g) -> (B, C, size, size), the numbers of F.interpolate(mode="area"),
+    as two small matrix products: output cell i averages input cells floor(i g / size) .. ceil((i + 1) g / size) - 1.
+    (MPS has no adaptive average pooling, which "area" calls, for sizes that do not divide each other.)"""
+    g = x.shape[-1]
+    if size == g:
+        return x
+    i = torch.arange(size)
+    start, end = (i * g) // size, -(-(i + 1) * g // size)  # floor and ceiling
+    cells = torch.arange(g)
+    box = ((cells >= start[:, None]) & (cells < end[:, None])).float()  # (size, g)
+    box = (box / box.sum(1, keepdim=True)).to(x.device, x.dtype)
+    return box @ x @ box.T  # (B, C, size, size)
 
 
 class ResBlock(nn.Module):
@@ -83,6 +114,7 @@ class VectorQuantizer(nn.Module):
     encoder committed to its codes; the decoder's gradient passes straight through (z + sg(e - z)).
     Codes nobody picks get no gradient and stay dead, so every `restart_every` training steps the
     codes whose moving-average usage fell below `dead_below` jump to random encoder outputs of the batch.
+    It computes in fp32 whatever the autocast around it: a bf16 distance changes a fifth of the argmins.
     """
 
     def __init__(self, n_codes: int, dim: int, beta: float = 0.25, restart_every: int = 100,
@@ -96,9 +128,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("restarted", torch.zeros((), dtype=torch.long))  # codes restarted so far
 
+    @in_fp32
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Vectors (N, D) -> index of the nearest code (N,), by squared Euclidean distance."""
-        codes = self.codebook.weight  # (K, D)
+        flat, codes = flat.float(), self.codebook.weight.float()  # (N, D), (K, D)
         dist = flat.square().sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.square().sum(1)  # (N, K)
         return dist.argmin(1)
 
@@ -106,23 +139,29 @@ class VectorQuantizer(nn.Module):
         """Code ids (B, h, w) -> code vectors (B, D, h, w)."""
         return self.codebook(codes).permute(0, 3, 1, 2)
 
+    @in_fp32
     def forward(self, z: torch.Tensor):
         """Latents (B, D, h, w) -> (quantised latents with straight-through gradient, codes (B, h, w), loss)."""
         B, D, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (N, D)
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, D)  # (N, D)
         codes = self.nearest(flat.detach())  # (N,)
         quant = self.codebook(codes)  # (N, D)
         loss = F.mse_loss(quant, flat.detach()) + self.beta * F.mse_loss(flat, quant.detach())
         if self.training:
-            self.track_and_restart(flat.detach(), codes)
+            self.track_usage(codes)
+            self.restart_dead(flat.detach())
         quant = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
         return quant.view(B, h, w, D).permute(0, 3, 1, 2), codes.view(B, h, w), loss
 
     @torch.no_grad()
-    def track_and_restart(self, flat: torch.Tensor, codes: torch.Tensor):
-        """Update the moving-average usage with this batch's codes; every restart_every calls, move dead codes."""
+    def track_usage(self, codes: torch.Tensor):
+        """Update the moving-average usage of every code with the codes (N,) just assigned."""
         counts = torch.bincount(codes, minlength=self.n_codes).float()  # (K,)
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+
+    @torch.no_grad()
+    def restart_dead(self, flat: torch.Tensor):
+        """Called once per training step; every restart_every steps, move the dead codes onto vectors of flat (N, D)."""
         self.steps += 1
         if not self.restart_every or int(self.steps) % self.restart_every:
             return
@@ -130,7 +169,7 @@ class VectorQuantizer(nn.Module):
         if len(dead) == 0:
             return
         pick = torch.randint(0, flat.shape[0], (len(dead),), device=flat.device)
-        self.codebook.weight.data[dead] = flat[pick]
+        self.codebook.weight.data[dead] = flat[pick].to(self.codebook.weight.dtype)
         # a fresh code gets the average usage, i.e. some hundred steps to attract vectors before judgement
         self.usage[dead] = flat.shape[0] / self.n_codes
         self.restarted += len(dead)
@@ -208,14 +247,16 @@ class VQVAE(ImageTokenizer):
         return {"mse": f"{self._last['mse']:.4f}", "live": f"{q.active_fraction():.0%}", "restarted": int(q.restarted)}
 
     @torch.no_grad()
+    @in_fp32
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) in [0, 1] -> token grids (B, H/4, W/4) of code ids."""
         self.check_images(images)
-        z = self.encoder(images)  # (B, D, g, g)
+        z = self.encoder(images.float())  # (B, D, g, g)
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*g*g, D)
         return self.quantizer.nearest(flat).view(images.shape[0], self.grid, self.grid)
 
     @torch.no_grad()
+    @in_fp32
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grids (B, g, g) -> images (B, 1, H, W) in [0, 1]."""
         tokens = self.check_tokens(tokens).to(self.quantizer.codebook.weight.device)
@@ -277,27 +318,32 @@ class MultiScaleVQ(VQVAE):
         rho = self.config.phi_mix
         return (1 - rho) * up + rho * self.phi[k](up)  # (B, D, g, g)
 
+    @in_fp32
     def quantize(self, z: torch.Tensor):
-        """Latents (B, D, g, g) -> (codes per scale [(B, s, s), ...], f_hat after each scale [(B, D, g, g), ...])."""
+        """Latents (B, D, g, g) -> (codes per scale [(B, s, s), ...], f_hat after each scale [(B, D, g, g), ...]).
+        In fp32 whatever the autocast: every scale's codes depend on the residuals the coarser ones left."""
+        z = z.float()
         residual, f_hat = z, torch.zeros_like(z)
         codes, partial = [], []
         for k, s in enumerate(self.config.scales):
-            small = F.interpolate(residual, size=(s, s), mode="area") if s != self.grid else residual  # (B, D, s, s)
+            small = area_resize(residual, s)  # (B, D, s, s)
             flat = small.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*s*s, D)
             idx = self.quantizer.nearest(flat.detach())
             if self.training:
-                self.quantizer.track_and_restart(flat.detach(), idx)
+                self.quantizer.track_usage(idx)
             idx = idx.view(-1, s, s)
             contribution = self.scale_vectors(idx, k)  # (B, D, g, g)
             f_hat, residual = f_hat + contribution, residual - contribution
             codes.append(idx)
             partial.append(f_hat)
+        if self.training:  # once per step, onto the finest scale's residual vectors
+            self.quantizer.restart_dead(flat.detach())
         return codes, partial
 
     def forward(self, images: torch.Tensor):
         """Images -> (reconstruction logits, codes per scale, quantiser loss averaged over scales)."""
         self.check_images(images)
-        z = self.encoder(images)  # (B, D, g, g)
+        z = self.encoder(images).float()  # (B, D, g, g)
         codes, partial = self.quantize(z)
         # codebook and phi learn to make every partial f_hat approach z; the encoder commits to the final one
         vq_loss = sum(F.mse_loss(f, z.detach()) + self.config.beta * F.mse_loss(z, f.detach()) for f in partial)
@@ -305,10 +351,11 @@ class MultiScaleVQ(VQVAE):
         return self.decoder(f_hat), codes, vq_loss / len(partial)
 
     @torch.no_grad()
+    @in_fp32
     def encode(self, images: torch.Tensor) -> list:
         """Images (B, 1, H, W) -> codes per scale [(B, s_k, s_k) for s_k in scales]."""
         self.check_images(images)
-        return self.quantize(self.encoder(images))[0]
+        return self.quantize(self.encoder(images.float()))[0]
 
     def check_codes(self, codes) -> list:
         if len(codes) < 1 or len(codes) > len(self.config.scales):
@@ -324,12 +371,14 @@ class MultiScaleVQ(VQVAE):
         return out
 
     @torch.no_grad()
+    @in_fp32
     def f_hat(self, codes) -> torch.Tensor:
         """Codes of the first k scales -> the reconstruction f_hat they define (B, D, g, g)."""
         codes = self.check_codes(codes)
         return sum(self.scale_vectors(c, k) for k, c in enumerate(codes))
 
     @torch.no_grad()
+    @in_fp32
     def decode(self, codes) -> torch.Tensor:
         """Codes of the first k scales (all scales for the full image) -> images (B, 1, H, W) in [0, 1]."""
         return torch.sigmoid(self.decoder(self.f_hat(codes)))
@@ -337,8 +386,7 @@ class MultiScaleVQ(VQVAE):
     @torch.no_grad()
     def next_scale_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """VAR's teacher-forcing input for scale k >= 1: the current f_hat area-downsampled to s_k, (B, D, s_k, s_k)."""
-        s = self.config.scales[k]
-        return F.interpolate(f_hat, size=(s, s), mode="area") if s != self.grid else f_hat
+        return area_resize(f_hat, self.config.scales[k])
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
@@ -431,12 +479,14 @@ class ContinuousAE(ImageTokenizer):
         return {k: f"{v:.4f}" for k, v in self._last.items()}
 
     @torch.no_grad()
+    @in_fp32
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) in [0, 1] -> unit-scale continuous tokens (B, g, g, D): the posterior means."""
-        mean, _ = self.moments(images)
+        mean, _ = self.moments(images.float())
         return (mean / self.latent_std).permute(0, 2, 3, 1)  # (B, g, g, D)
 
     @torch.no_grad()
+    @in_fp32
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, g, g, D) -> images (B, 1, H, W) in [0, 1]."""
         tokens = self.check_tokens(tokens).to(self.latent_std.device, self.latent_std.dtype)
@@ -513,6 +563,7 @@ class OnTokenizer:
     def canvas(self, tokens: torch.Tensor) -> torch.Tensor:
         """Partly generated images from tokens (n, L) with -1 where not generated yet: the missing tokens
         are filled with the most common known code (usually background) and their patches greyed out."""
+        tokens = tokens.cpu()  # (MPS has no mode()); decoding below moves them back
         n = tokens.shape[0]
         known = tokens >= 0
         fill = tokens[known].mode().values if known.any() else torch.zeros((), dtype=torch.long)
@@ -521,11 +572,7 @@ class OnTokenizer:
         hidden = (~known).view(n, 1, self.grid, self.grid)
         hidden = hidden.repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (n, 1, H, W)
         return images.cpu().masked_fill(hidden.cpu(), 0.5)
-# the multi-scale quantizer calls its quantizer once per scale (6 times a step): restart every 100 steps
-MSVQ_PRESETS = {name: {**spec, "config": {**spec["config"], "restart_every": 6 * spec["config"].get("restart_every", 100)}}
-                for name, spec in PRESETS.items()}
-AE_PRESETS = {  # the VQ-VAE's sizes and steps: notebook 06 sets the two tokenizers side by side
-    "smoke": dict(config=dict(channels=16, n_res=1), steps=30, batch_size=32, lr=2e-3),
-    "cpu": dict(config=dict(channels=64, n_res=2), steps=3000, batch_size=64, lr=2e-3),
-    "gpu": dict(config=dict(channels=128, n_res=2), steps=8000, batch_size=128, lr=1e-3),
-}
+MSVQ_PRESETS = PRESETS  # restarts count training steps, not quantizer calls: the same table serves VAR's tokenizer
+# the VQ-VAE's sizes and steps, without its codebook fields: notebook 06 sets the two tokenizers side by side
+AE_PRESETS = {name: {**spec, "config": {k: v for k, v in spec["config"].items() if k in ("channels", "n_res")}}
+              for name, spec in PRESETS.items()}

@@ -1,8 +1,9 @@
 """One training loop for every minigen model, plus device, seed, preset and checkpoints.
 
 Any model with `loss(batch) -> scalar` trains with `fit`: AdamW, linear warm-up then
-cosine decay, gradient clipping, optional EMA weights, mixed precision on CUDA, a
-tqdm.auto bar, periodic evaluation and resumable checkpoints (loaded with weights_only).
+cosine decay, gradient clipping, optional EMA weights, mixed precision (automatic on CUDA,
+forceable on CPU so tests exercise the GPU path), a tqdm.auto bar, periodic evaluation and
+resumable checkpoints (loaded with weights_only).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 CHECKPOINT_FORMAT = "minigen-checkpoint-v1"
 PRESETS = ("smoke", "cpu", "gpu")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name -> autocast dtype
 
 
 # --- environment ---------------------------------------------------------------------
@@ -51,6 +53,27 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cpu":
         return f"cpu ({os.cpu_count()} cores)"
     return device.type
+
+
+def pick_precision(device: torch.device | str, precision: str | None = None) -> str:
+    """Training precision: `precision` if given, else bf16 on CUDA GPUs with native bf16 (Ampere and later),
+    fp16 with loss scaling on older CUDA GPUs (T4, V100: their bf16 is emulated, hence slow), fp32 on CPU and MPS."""
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None, got {precision!r}")
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "fp32"
+
+
+def synchronize(device: torch.device | str):
+    """Wait for queued GPU work (CUDA or MPS) before reading a clock; a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
@@ -214,7 +237,7 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
         warmup: int | None = None, min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0,
         ema_decay: float | None = None,
         eval_data: Iterable | None = None, eval_every: int | None = None, eval_batches: int = 10,
-        device=None, amp: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
+        device=None, precision: str | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
         resume: bool = False, progress: bool = True, desc: str | None = None) -> dict:
     """Train `model` on batches from `data` (cycled) for `steps` optimizer steps.
 
@@ -224,6 +247,8 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
     with `resume=True` and an existing file, continues from its step, optimizer and history.
     With `ema_decay`, keeps an exponential moving average of the weights and leaves the
     model holding the EMA weights when training ends (they usually sample better).
+    `precision` ("fp32", "bf16", "fp16"; None picks with pick_precision) runs the loss under autocast
+    on whatever device trains, the CPU included, with a GradScaler for fp16. Weights stay fp32.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -251,9 +276,11 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
         history.update(state.get("history") or {})
         start_step = int(state["step"])
 
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = pick_precision(device, precision)
+    amp_dtype = PRECISIONS[precision]
+    # fp16's narrow range underflows small gradients: scale the loss up, unscale before clipping and stepping
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    history["precision"] = precision
     batches = _forever(data)
     bar = progress_bar(range(start_step, steps), progress, initial=start_step, total=steps,
                        desc=desc or type(model).__name__, dynamic_ncols=True)
@@ -263,7 +290,7 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
         batch = to_device(next(batches), device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = model.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower lr")

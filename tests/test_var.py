@@ -75,7 +75,7 @@ def test_multiscale_reconstruction_error_falls_as_scales_are_added():
     for i in range(256):  # a block and a bar: coarse and fine structure
         images[i, 0, 4 + (i % 4) * 3: 14 + (i % 4) * 3, 4:18] = 0.5
         images[i, 0, :, 3 * (i % 8) + 2: 3 * (i % 8) + 4] = 1.0
-    vq = tiny_vq(channels=16, restart_every=60)
+    vq = tiny_vq(channels=16, restart_every=10)
     fit(vq, make_loader(ImageDataset(images, torch.zeros(256, dtype=torch.long)), 32), steps=300, lr=3e-3,
         progress=False)
     mse = vq.evaluate(images)["mse_per_scale"]
