@@ -18,7 +18,8 @@ from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.token_ar import TokenGPT, TokenGPTConfig
 from minigen.tokenizers import VQVAE, VQConfig
 from minigen import speculative
-from minigen.train import fit, load_model, pick_device, preset, save_checkpoint, seed_everything, train_or_load
+from minigen.registry import load_model
+from minigen.train import fit, pick_device, preset, save_checkpoint, seed_everything, train_or_load
 
 __version__ = "0.1.0"
 __all__ = [

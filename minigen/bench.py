@@ -26,19 +26,21 @@ from minigen import registry
 from minigen import speculative as spec
 from minigen.data import data_dir, load_images
 from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, sample_quality
-from minigen.train import (CheckpointError, device_name, load_model, pick_device, preset, progress_bar, read_checkpoint,
+from minigen.nn import progress_bar
+from minigen.registry import load_model
+from minigen.train import (CheckpointError, device_name, pick_device, preset, read_checkpoint,
                            seed_everything, synchronize)
 
 # paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
 VARIANTS = {
     "pixelgpt": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "pixel": [("windowed", {})],
+    "pixelcnn": [("windowed", {})],
     "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
     "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "maskgit": [("T=8", dict(steps=8)), ("T=49", dict(steps=49))],
+    "maskgit": [("T=8", dict(num_iter=8)), ("T=49", dict(num_iter=49))],
     # MAR: num_iter transformer passes, each followed by S sequential calls of the denoising head
-    "mar": [("K=16 S=50", dict(num_iter=16, steps=50)), ("K=16 S=10", dict(num_iter=16, steps=10)),
-            ("K=8 S=50", dict(num_iter=8, steps=50))],
+    "mar": [("K=16 S=50", dict(num_iter=16, diffusion_steps=50)), ("K=16 S=10", dict(num_iter=16, diffusion_steps=10)),
+            ("K=8 S=50", dict(num_iter=8, diffusion_steps=50))],
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator))
@@ -53,7 +55,7 @@ SPECULATIVE = [
 RATIOS = [
     ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
     ("pixelgpt: KV cache vs recompute", "pixelgpt", "recompute", "pixelgpt", "KV cache"),
-    ("token GPT (49 passes) vs Gated PixelCNN (784)", "pixel", "windowed", "token", "KV cache"),
+    ("token GPT (49 passes) vs Gated PixelCNN (784)", "pixelcnn", "windowed", "token", "KV cache"),
     ("MaskGIT T=8 vs raster token GPT (KV cache)", "token", "KV cache", "maskgit", "T=8"),
     ("VAR (6 passes) vs raster token GPT (KV cache)", "token", "KV cache", "var", "KV cache"),
     ("var: KV cache vs recompute", "var", "recompute", "var", "KV cache"),
@@ -89,10 +91,10 @@ def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
 
 def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
     """Sequential network passes one image needs (the decoder pass of a tokenizer not counted)."""
-    if name == "pixel":
+    if name == "pixelcnn":
         return model.config.image_size ** 2
     if name == "maskgit":
-        return int(variant_kwargs.get("steps", 8))
+        return int(variant_kwargs.get("num_iter", 8))
     if name == "var":
         return len(model.scales)
     if name == "mar":  # transformer passes; the head adds num_iter * S small sequential calls (head_passes)
@@ -147,7 +149,7 @@ def to_28(images: torch.Tensor) -> torch.Tensor:
 def quality_data(name: str, model) -> dict:
     """`load_images` arguments for the data this model generates (the binary or grey PixelCNN alike)."""
     spec_ = registry.data_spec("token" if name == "speculative" else name)
-    if name == "pixel":
+    if name == "pixelcnn":
         spec_["binarize"] = model.config.n_levels == 2
     return spec_
 
@@ -285,7 +287,7 @@ def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, d
                                  seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained,
                                  **quality, **likelihood))
                 if name == "mar":
-                    rows[-1]["head_passes"] = kwargs["num_iter"] * kwargs["steps"]
+                    rows[-1]["head_passes"] = kwargs["num_iter"] * kwargs["diffusion_steps"]
     lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
     ratios = []
     for title, slow_p, slow_v, fast_p, fast_v in RATIOS:

@@ -17,7 +17,8 @@ import torch
 from minigen import registry
 from minigen.data import load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
-from minigen.train import device_name, fit, load_model, pick_device, preset, seed_everything
+from minigen.registry import load_model
+from minigen.train import device_name, fit, pick_device, preset, seed_everything
 from minigen.viz import save_images, save_series
 
 
@@ -35,6 +36,7 @@ def cmd_train(args) -> dict:
     preset_name = preset(args.preset)
     seed_everything(args.seed)
     device = pick_device(args.device)
+    args.name = registry.resolve(args.name)
     rec = registry.recipe(args.name, preset_name)
     model, steps = rec["model"], args.steps if args.steps is not None else rec["steps"]
     out = Path(args.out or f"runs/{args.name}-{preset_name}")
@@ -129,7 +131,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minigen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model at a preset; writes model.pt, samples.png, metrics.json")
-    p.add_argument("name", choices=registry.names())
+    p.add_argument("name", choices=registry.names() + sorted(registry.ALIASES), metavar="NAME",
+                   help="one of: " + ", ".join(registry.names()))
     p.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None,
                    help="default: smoke if MINIGEN_SMOKE=1, else gpu with CUDA, else cpu")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")

@@ -14,10 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from minigen.masked_ar import masked_count
-from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args, progress_bar
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import AEConfig, ContinuousAE, OnTokenizer
-from minigen.train import progress_bar
 
 
 def cosine_alpha_bar(n_steps: int, s: float = 0.008) -> torch.Tensor:
@@ -108,16 +107,16 @@ class DiffusionHead(nn.Module):
         return t, a, a_next
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, *, steps: int = 50, temperature: float = 1.0, z_uncond=None,
+    def sample(self, z: torch.Tensor, *, diffusion_steps: int = 50, temperature: float = 1.0, z_uncond=None,
                cfg_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False):
-        """Draw one token per condition z (N, C) -> (N, D) by ancestral DDPM sampling in `steps` steps.
+        """Draw one token per condition z (N, C) -> (N, D) by ancestral DDPM sampling in `diffusion_steps` steps.
 
         Each step predicts the noise, forms the posterior mean of the cleaner token and adds Gaussian noise
         of the posterior's std times `temperature` (0: the deterministic mean path). With z_uncond (N, C) the
-        prediction is guided: eps_u + cfg_scale * (eps_c - eps_u). return_trajectory adds (steps + 1, N, D).
+        prediction is guided: eps_u + cfg_scale * (eps_c - eps_u). return_trajectory adds (diffusion_steps + 1, N, D).
         """
-        if not isinstance(steps, int) or not 1 <= steps <= self.n_steps:
-            raise ValueError(f"steps must be an integer in [1, {self.n_steps}], got {steps!r}")
+        if not isinstance(diffusion_steps, int) or not 1 <= diffusion_steps <= self.n_steps:
+            raise ValueError(f"diffusion_steps must be an integer in [1, {self.n_steps}], got {diffusion_steps!r}")
         check_sampling_args(temperature, cfg_scale=cfg_scale)
         n, device = z.shape[0], z.device
         gen_device = generator.device if generator is not None else device
@@ -130,7 +129,7 @@ class DiffusionHead(nn.Module):
         bound = float(self.x0_bound) if self.x0_bound > 0 else float("inf")  # untrained: no clipping
         x = randn()  # (N, D): pure noise at the top of the schedule
         path = [x]
-        for t, a, a_next in zip(*self.respaced(steps)):
+        for t, a, a_next in zip(*self.respaced(diffusion_steps)):
             eps = self(torch.cat([x, x]) if guided else x, t.expand(cond.shape[0]), cond)  # (N or 2N, D)
             if guided:
                 eps = eps[n:] + cfg_scale * (eps[:n] - eps[n:])
@@ -150,7 +149,7 @@ class MARConfig(TokenModelConfig):
     tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(AEConfig()))  # the frozen autoencoder's config
     head_width: int = 128  # width of the MLP denoiser
     head_depth: int = 3  # AdaLN residual blocks in the denoiser
-    diffusion_steps: int = 1000  # DDPM training steps of the cosine schedule
+    train_diffusion_steps: int = 1000  # steps of the DDPM cosine noise schedule the head trains on
     head_repeats: int = 4  # noise draws per token and transformer pass during training
     mask_min: float = 0.7  # training mask ratio ~ normal(1, mask_std) truncated to [mask_min, 1]
     mask_std: float = 0.25
@@ -174,7 +173,7 @@ class MAR(OnTokenizer, nn.Module):
         self.token_in = nn.Linear(self.token_dim, config.n_embd)
         self.mask_emb = nn.Parameter(0.02 * torch.randn(config.n_embd))
         self.head = DiffusionHead(self.token_dim, config.n_embd, config.head_width, config.head_depth,
-                                  config.diffusion_steps)
+                                  config.train_diffusion_steps)
 
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) or tokens (B, g, g, D) / (B, L, D) -> checked tokens (B, L, D)."""
@@ -217,14 +216,14 @@ class MAR(OnTokenizer, nn.Module):
         return self.masked_loss(tokens, self.random_mask(tokens.shape[0], tokens.device), labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, num_iter: int = 16, steps: int = 50, temperature: float = 1.0,
+    def sample(self, n: int, labels=None, *, num_iter: int = 16, diffusion_steps: int = 50, temperature: float = 1.0,
                cfg_scale: float = 1.0, cfg_schedule: str = "linear", generator: torch.Generator | None = None,
                progress: bool = False, return_trace: bool = False, return_tokens: bool = False):
         """Generate n images (n, 1, H, W) in `num_iter` transformer passes.
 
         A random order of the 49 positions is drawn per image; pass k fills the next positions of that order
         so that floor(L cos(pi/2 (k+1)/num_iter)) stay unknown (at least one new token per pass), each new
-        token drawn by the diffusion head in `steps` denoising steps at `temperature`. Guidance mixes the
+        token drawn by the diffusion head in `diffusion_steps` denoising steps at `temperature`. Guidance mixes the
         head's noise predictions; cfg_schedule "linear" ramps its scale from 1 up to cfg_scale as the image
         fills in (MAR's default), "constant" uses cfg_scale throughout.
         return_trace=True also returns {"generated_at": (n, g, g) pass that made each token, "counts": new
@@ -255,7 +254,7 @@ class MAR(OnTokenizer, nn.Module):
             scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * (L - left) / L
             z_new = z[:n][new]  # (n * count, C), row-major: image by image
             z_uncond = z[n:][new] if guided else None
-            tokens[new] = self.head.sample(z_new, steps=steps, temperature=temperature, z_uncond=z_uncond,
+            tokens[new] = self.head.sample(z_new, diffusion_steps=diffusion_steps, temperature=temperature, z_uncond=z_uncond,
                                            cfg_scale=scale, generator=generator)
             generated_at[new] = k
             counts.append(L - left - done)
@@ -271,7 +270,7 @@ class MAR(OnTokenizer, nn.Module):
         frames = torch.stack([self.canvas(s.view_as(grid), at <= k) for k, s in enumerate(snapshots)])
         return out, {"generated_at": at, "counts": counts, "frames": frames,
                      "tokens": torch.stack(snapshots).view(num_iter, *grid.shape),
-                     "transformer_passes": num_iter, "head_passes": num_iter * steps}
+                     "transformer_passes": num_iter, "head_passes": num_iter * diffusion_steps}
 
     @torch.no_grad()
     def canvas(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:

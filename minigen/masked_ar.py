@@ -15,10 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from minigen import token_ar
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, sample_from_probs,
-                        warp_logits)
+                        progress_bar, warp_logits)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
-from minigen.train import progress_bar
 
 SCHEDULES = {  # fraction of tokens still masked after a fraction r of the decoding steps
     "cosine": lambda r: math.cos(math.pi / 2 * r),
@@ -26,9 +25,9 @@ SCHEDULES = {  # fraction of tokens still masked after a fraction r of the decod
 }
 
 
-def masked_count(n_tokens: int, step: int, n_steps: int, schedule: str = "cosine") -> int:
-    """Tokens the schedule leaves masked after decoding step `step` (0-based) of n_steps."""
-    return int(math.floor(n_tokens * SCHEDULES[schedule]((step + 1) / n_steps) + 1e-9))
+def masked_count(n_tokens: int, step: int, num_iter: int, schedule: str = "cosine") -> int:
+    """Tokens the schedule leaves masked after decoding pass `step` (0-based) of num_iter."""
+    return int(math.floor(n_tokens * SCHEDULES[schedule]((step + 1) / num_iter) + 1e-9))
 
 
 @dataclass
@@ -87,20 +86,20 @@ class MaskGIT(OnTokenizer, nn.Module):
         return self.masked_loss(tokens, self.random_mask(tokens.shape[0], tokens.device), labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, steps: int = 8, schedule: str = "cosine", temperature: float = 1.0,
+    def sample(self, n: int, labels=None, *, num_iter: int = 8, schedule: str = "cosine", temperature: float = 1.0,
                choice_temperature: float = 4.5, top_k: int | None = None, top_p: float | None = None,
                cfg_scale: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
                return_trace: bool = False, return_tokens: bool = False):
-        """Generate n images (n, 1, H, W) in `steps` parallel decoding passes.
+        """Generate n images (n, 1, H, W) in `num_iter` parallel decoding passes.
 
         Each pass samples every masked token (temperature, top-k/p, CFG), scores it by its (unwarped)
-        log-probability plus Gumbel noise scaled by choice_temperature * (1 - t/steps), keeps the most
-        confident and leaves masked_count(L, t, steps) tokens masked (at least one new token per pass).
+        log-probability plus Gumbel noise scaled by choice_temperature * (1 - t/num_iter), keeps the most
+        confident and leaves masked_count(L, t, num_iter) tokens masked (at least one new token per pass).
         return_trace=True also returns {"masked": count after each pass, "fixed_at": (n, g, g) pass that
-        fixed each token, "tokens": (steps, n, g, g) with -1 for masked, "frames", "passes"}.
+        fixed each token, "tokens": (num_iter, n, g, g) with -1 for masked, "frames", "passes"}.
         """
-        if not isinstance(steps, int) or not 1 <= steps <= self.seq_len:
-            raise ValueError(f"steps must be an integer in [1, {self.seq_len}], got {steps!r}")
+        if not isinstance(num_iter, int) or not 1 <= num_iter <= self.seq_len:
+            raise ValueError(f"num_iter must be an integer in [1, {self.seq_len}], got {num_iter!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         if not (isinstance(choice_temperature, (int, float)) and choice_temperature >= 0):
@@ -114,7 +113,7 @@ class MaskGIT(OnTokenizer, nn.Module):
         tokens = torch.full((n, L), self.mask_id, dtype=torch.long, device=device)  # (n, L)
         fixed_at = torch.full((n, L), -1, dtype=torch.long, device=device)
         masked_counts, snapshots = [], []
-        for t in progress_bar(range(steps), progress, desc="MaskGIT steps"):
+        for t in progress_bar(range(num_iter), progress, desc="MaskGIT passes"):
             masked = tokens == self.mask_id  # (n, L)
             logits = self(torch.cat([tokens, tokens]) if guided else tokens, labels)  # (rows, L, V)
             if guided:
@@ -123,13 +122,13 @@ class MaskGIT(OnTokenizer, nn.Module):
             sampled = sample_from_probs(probs, generator)  # (n, L)
             # confidence is the model's own log-probability of the draw, before temperature / top-k warping
             confidence = logits.float().log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (n, L)
-            anneal = choice_temperature * (1 - (t + 1) / steps)
+            anneal = choice_temperature * (1 - (t + 1) / num_iter)
             if anneal > 0:
                 u = torch.rand(n, L, generator=generator, device=generator.device if generator else device)
                 confidence = confidence + anneal * -torch.log(-torch.log(u.to(device).clamp(1e-20, 1 - 1e-7)))
             confidence = confidence.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
             still = masked.sum(1, keepdim=True)  # (n, 1), the same in every row
-            keep_masked = 0 if t == steps - 1 else min(masked_count(L, t, steps, schedule), int(still[0]) - 1)
+            keep_masked = 0 if t == num_iter - 1 else min(masked_count(L, t, num_iter, schedule), int(still[0]) - 1)
             keep_masked = max(keep_masked, 0)
             ranks = confidence.argsort(1).argsort(1)  # (n, L): 0 = least confident
             remask = ranks < keep_masked  # the least confident masked tokens stay masked
@@ -144,10 +143,10 @@ class MaskGIT(OnTokenizer, nn.Module):
         out = grid if return_tokens else self.tokenizer.decode(grid)
         if not return_trace:
             return out
-        frames = torch.stack([self.canvas(s) for s in snapshots])  # (steps, n, 1, H, W)
+        frames = torch.stack([self.canvas(s) for s in snapshots])  # (num_iter, n, 1, H, W)
         return out, {"masked": masked_counts, "fixed_at": fixed_at.view(n, self.grid, self.grid).cpu(),
-                     "tokens": torch.stack(snapshots).view(steps, n, self.grid, self.grid), "frames": frames,
-                     "passes": steps}
+                     "tokens": torch.stack(snapshots).view(num_iter, n, self.grid, self.grid), "frames": frames,
+                     "passes": num_iter}
 
 
 PRESETS, DATA = token_ar.PRESETS, token_ar.DATA  # the raster GPT's sizes: notebook 05 compares the two

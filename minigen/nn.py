@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -353,3 +354,9 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Warp logits (..., V) and draw one token per row -> (...) long."""
     return sample_from_probs(warp_logits(logits, temperature, top_k, top_p), generator)
+
+
+def progress_bar(iterable, progress: bool = True, **kwargs):
+    """tqdm.auto over iterable (a sampler's passes, a training loop); progress=False hides it,
+    otherwise TQDM_DISABLE=1 still can."""
+    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))

@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from minigen.data import check_images
-from minigen.nn import check_labels, check_sampling_args, sample_logits
+from minigen.nn import check_labels, check_sampling_args, progress_bar, sample_logits
 from minigen.token_ar import RasterGPT
-from minigen.train import progress_bar
 
 
 @dataclass
@@ -92,7 +91,7 @@ class PixelCNNConfig:
     n_levels: int = 2  # 2: Bernoulli head on binarised images; e.g. 256: softmax over grey levels
     n_classes: int = 10  # class labels; 0 for an unconditional model
     channels: int = 32  # width of the vertical and horizontal stacks
-    n_layers: int = 6  # gated layers, the first one masked type A
+    n_layer: int = 6  # gated layers, the first one masked type A
     kernel: int = 3  # (odd) kernel size of the stacks after the first layer
     first_kernel: int = 7  # (odd) kernel size of the first layer: a wide first look is cheap
     head_channels: int = 64  # width of the per-pixel output head
@@ -148,15 +147,15 @@ class GatedPixelCNN(nn.Module):
 
     def __init__(self, config: PixelCNNConfig):
         super().__init__()
-        if config.kernel % 2 == 0 or config.first_kernel % 2 == 0 or config.n_layers < 1:
-            raise ValueError("kernel sizes must be odd and n_layers >= 1")
+        if config.kernel % 2 == 0 or config.first_kernel % 2 == 0 or config.n_layer < 1:
+            raise ValueError("kernel sizes must be odd and n_layer >= 1")
         if not 2 <= config.n_levels <= 256:
             raise ValueError(f"n_levels must lie in [2, 256], got {config.n_levels}")
         self.config = config
         c = config
         self.layers = nn.ModuleList(
             GatedLayer(1 if i == 0 else c.channels, c.channels, c.first_kernel if i == 0 else c.kernel,
-                       c.n_classes, first=i == 0) for i in range(c.n_layers))
+                       c.n_classes, first=i == 0) for i in range(c.n_layer))
         self.out_channels = 1 if c.n_levels == 2 else c.n_levels
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1), nn.ReLU(),
                                   nn.Conv2d(c.head_channels, self.out_channels, 1))
@@ -182,7 +181,7 @@ class GatedPixelCNN(nn.Module):
     def reach(self) -> int:
         """How many rows above, and columns either side, a pixel's logits can depend on."""
         c = self.config
-        return c.first_kernel // 2 + (c.n_layers - 1) * (c.kernel // 2) + 1
+        return c.first_kernel // 2 + (c.n_layer - 1) * (c.kernel // 2) + 1
 
     def logits_at(self, canvas: torch.Tensor, labels, r: int, c: int) -> torch.Tensor:
         """Logits (B, L) of pixel (r, c), computed on the window of rows r - reach .. r and columns
@@ -281,18 +280,18 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
-def naive_pixelcnn(n_layers: int = 6, channels: int = 16, k: int = 3) -> nn.Sequential:
+def naive_pixelcnn(n_layer: int = 6, channels: int = 16, k: int = 3) -> nn.Sequential:
     """A plain stack of masked convolutions (A, then B), for showing the blind spot."""
     layers = [MaskedConv2d(1, channels, k, "A")]
-    for _ in range(n_layers - 1):
+    for _ in range(n_layer - 1):
         layers += [nn.ReLU(), MaskedConv2d(channels, channels, k, "B")]
     return nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(channels, 1, 1))
 
 
 PRESETS = {
-    "smoke": dict(config=dict(channels=16, n_layers=3, head_channels=32), steps=20, batch_size=16, lr=2e-3),
-    "cpu": dict(config=dict(channels=32, n_layers=8), steps=2000, batch_size=32, lr=2e-3, ema=0.995),
-    "gpu": dict(config=dict(channels=96, n_layers=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3,
+    "smoke": dict(config=dict(channels=16, n_layer=3, head_channels=32), steps=20, batch_size=16, lr=2e-3),
+    "cpu": dict(config=dict(channels=32, n_layer=8), steps=2000, batch_size=32, lr=2e-3, ema=0.995),
+    "gpu": dict(config=dict(channels=96, n_layer=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3,
                 ema=0.999),
 }
 DATA = dict(name="mnist-subset", binarize=True)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from minigen.train import CheckpointError, load_weights, pick_device, read_checkpoint
+
 # CLI name -> (module, class, presets attribute, data attribute)
 MODELS = {
     "pixelgpt": ("minigen.pixel_ar", "PixelGPT", "GPT_PRESETS", "GPT_DATA"),
-    "pixel": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
+    "pixelcnn": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
     "vq": ("minigen.tokenizers", "VQVAE", "PRESETS", "DATA"),
     "token": ("minigen.token_ar", "TokenGPT", "PRESETS", "DATA"),
     "maskgit": ("minigen.masked_ar", "MaskGIT", "PRESETS", "DATA"),
@@ -28,14 +30,23 @@ MODELS = {
 }
 
 
+ALIASES = {"pixel": "pixelcnn"}  # older names that still work
+
+
 def names() -> list[str]:
     return sorted(MODELS)
 
 
-def _module(name: str):
+def resolve(name: str) -> str:
+    """The registered name for `name` or one of its aliases."""
+    name = ALIASES.get(name, name)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(names())}")
-    return importlib.import_module(MODELS[name][0])
+    return name
+
+
+def _module(name: str):
+    return importlib.import_module(MODELS[resolve(name)][0])
 
 
 def model_class(key: str):
@@ -49,14 +60,14 @@ def model_class(key: str):
 def data_spec(name: str) -> dict | None:
     """The `load_images` arguments of the data `name` trains on (None for non-image models)."""
     module = _module(name)
-    data = getattr(module, MODELS[name][3])
+    data = getattr(module, MODELS[resolve(name)][3])
     return dict(data) if data is not None else None
 
 
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     module = _module(name)
-    _, class_name, presets_attr, _ = MODELS[name]
+    _, class_name, presets_attr, _ = MODELS[resolve(name)]
     cls, presets = getattr(module, class_name), getattr(module, presets_attr)
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
@@ -72,3 +83,19 @@ def recipe(name: str, preset: str) -> dict:
         "ema_decay": spec.get("ema"),  # None: no EMA weights
         "tokenizer": getattr(module, "TOKENIZER", None),  # registered name of the tokenizer it needs
     }
+
+
+def load_model(path, device=None, prefer_ema: bool = True):
+    """Rebuild a registered model from a checkpoint: class from the registry, config, weights."""
+    state = read_checkpoint(path)
+    try:
+        cls = model_class(state["model"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    try:
+        config = cls.Config(**state["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config does not fit {state['model']}: {err}") from err
+    model = cls(config)
+    load_weights(model, state, prefer_ema, path)
+    return model.to(pick_device(device)).eval()

@@ -12,10 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from minigen import token_ar
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, cfg_mix, check_sampling_args,
-                        sample_logits)
+                        progress_bar, sample_logits)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, OnTokenizer
-from minigen.train import progress_bar
 
 
 @dataclass

@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args,
-                        sample_from_probs, warp_logits)
+                        progress_bar, sample_from_probs, warp_logits)
 from minigen.tokenizers import OnTokenizer, VQConfig
-from minigen.train import progress_bar
 
 
 class RasterGPT(nn.Module):

@@ -19,7 +19,8 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+
+from minigen.nn import progress_bar
 
 CHECKPOINT_FORMAT = "minigen-checkpoint-v1"
 PRESETS = ("smoke", "cpu", "gpu")
@@ -106,11 +107,6 @@ class RunClock:
         return f"preset: {self.preset} | device: {device_name(self.device)} | {time.perf_counter() - self.start:.0f} s"
 
 
-def progress_bar(iterable, progress: bool = True, **kwargs):
-    """tqdm.auto over iterable; progress=False hides it, otherwise TQDM_DISABLE=1 still can."""
-    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
-
-
 # --- checkpoints --------------------------------------------------------------------
 
 class CheckpointError(RuntimeError):
@@ -165,20 +161,6 @@ def load_weights(model: nn.Module, state: dict, prefer_ema: bool = True, path="c
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit this model (different config?): {err}") from err
-
-
-def load_model(path, device=None, prefer_ema: bool = True) -> nn.Module:
-    """Rebuild a registered model from a checkpoint: class from the registry, config, weights."""
-    from minigen.registry import model_class  # registry imports the paradigms, which import us
-    state = read_checkpoint(path)
-    cls = model_class(state["model"])
-    try:
-        config = cls.Config(**state["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its config does not fit {state['model']}: {err}") from err
-    model = cls(config)
-    load_weights(model, state, prefer_ema, path)
-    return model.to(pick_device(device)).eval()
 
 
 def model_key(model: nn.Module) -> str:

@@ -88,9 +88,9 @@ def test_cli_train_arnet_smoke_writes_its_three_files(tmp_path):
 
 def test_cli_train_gated_pixelcnn_smoke(tmp_path):
     out = tmp_path / "pixel"
-    assert main(["train", "pixel", "--preset", "smoke", "--out", str(out), "--n", "4"]) == 0
+    assert main(["train", "pixel", "--preset", "smoke", "--out", str(out), "--n", "4"]) == 0  # the alias of pixelcnn
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == "pixel" and 0 < metrics["test_bits_per_dim"] < 1.0
+    assert metrics["model"] == "pixelcnn" and 0 < metrics["test_bits_per_dim"] < 1.0
     assert (out / "samples.png").stat().st_size > 0
 
 

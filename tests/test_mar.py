@@ -11,7 +11,7 @@ from minigen.tokenizers import AEConfig, ContinuousAE
 def small(**kw):
     torch.manual_seed(0)
     ae = ContinuousAE(AEConfig(channels=8, n_res=1, latent_dim=3))
-    cfg = dict(n_layer=2, n_head=2, n_embd=32, head_width=32, head_depth=1, dropout=0.0, diffusion_steps=100)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, head_width=32, head_depth=1, dropout=0.0, train_diffusion_steps=100)
     cfg.update(kw)
     model = MAR.from_tokenizer(ae, **cfg).eval()
     for p in model.head.parameters():  # a zero-initialised head would predict eps = 0 whatever it is given
@@ -66,7 +66,7 @@ def toy_head():
 def test_diffusion_head_learns_a_conditional_2d_mixture(toy_head, steps):
     g = torch.Generator().manual_seed(0)
     for cond in (0, 1):
-        samples = toy_head.sample(torch.eye(2)[cond].expand(4000, 2), steps=steps, generator=g)
+        samples = toy_head.sample(torch.eye(2)[cond].expand(4000, 2), diffusion_steps=steps, generator=g)
         assert close_to(samples, cond), (cond, samples.mean(0), torch.cov(samples.T))
         assert not close_to(samples, 1 - cond)  # the check tells the two conditions apart
 
@@ -74,7 +74,7 @@ def test_diffusion_head_learns_a_conditional_2d_mixture(toy_head, steps):
 def test_untrained_head_fails_the_mixture_check():
     torch.manual_seed(0)
     head = DiffusionHead(data_dim=2, cond_dim=2, width=64, depth=2)
-    samples = head.sample(torch.eye(2)[0].expand(4000, 2), steps=50, generator=torch.Generator().manual_seed(0))
+    samples = head.sample(torch.eye(2)[0].expand(4000, 2), diffusion_steps=50, generator=torch.Generator().manual_seed(0))
     assert not close_to(samples, 0)
 
 
@@ -84,11 +84,11 @@ def test_guidance_mixes_the_noise_predictions(toy_head):
     z_c, z_u = torch.eye(2)[0].expand(300, 2), torch.eye(2)[1].expand(300, 2)
 
     def draw(**kw):
-        return toy_head.sample(z_c, steps=20, generator=torch.Generator().manual_seed(3), **kw)
+        return toy_head.sample(z_c, diffusion_steps=20, generator=torch.Generator().manual_seed(3), **kw)
 
     assert torch.equal(draw(z_uncond=z_u, cfg_scale=1.0), draw())
     torch.testing.assert_close(draw(z_uncond=z_u, cfg_scale=0.0),
-                               toy_head.sample(z_u, steps=20, generator=torch.Generator().manual_seed(3)))
+                               toy_head.sample(z_u, diffusion_steps=20, generator=torch.Generator().manual_seed(3)))
     guided = draw(z_uncond=z_u, cfg_scale=2.5)
     original = toy_head.forward
     toy_head.forward = lambda x, t, z: original(x, t, z_u) + 2.5 * (original(x, t, z) - original(x, t, z_u))
@@ -107,9 +107,9 @@ def test_schedule_and_temperature_zero():
     assert t.tolist()[0] == 999 and t.tolist()[-1] == 0 and float(a_next[-1]) == 1.0
     torch.nn.init.normal_(head.out.weight)
     z = torch.randn(5, 2)
-    x1, path = head.sample(z, steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1),
+    x1, path = head.sample(z, diffusion_steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1),
                            return_trajectory=True)
-    x2 = head.sample(z, steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1))
+    x2 = head.sample(z, diffusion_steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(x1, x2) and path.shape == (11, 5, 2) and torch.equal(path[-1], x1)
 
 
@@ -118,7 +118,7 @@ def test_schedule_and_temperature_zero():
 @pytest.mark.parametrize("num_iter", [1, 4, 16, 49])
 def test_schedule_generates_every_token_exactly_once(num_iter):
     model = small()
-    _, trace = model.sample(3, torch.tensor([0, 1, 2]), num_iter=num_iter, steps=3, return_trace=True,
+    _, trace = model.sample(3, torch.tensor([0, 1, 2]), num_iter=num_iter, diffusion_steps=3, return_trace=True,
                             generator=torch.Generator().manual_seed(0))
     at = trace["generated_at"].flatten(1)  # (n, L)
     assert (at >= 0).all() and int(at.max()) == num_iter - 1
@@ -149,7 +149,7 @@ def test_each_pass_generates_exactly_the_masked_positions_it_picked():
 
     model.head.sample = counting
     try:
-        final, trace = model.sample(4, torch.arange(4), num_iter=6, steps=4, cfg_scale=2.0, return_trace=True,
+        final, trace = model.sample(4, torch.arange(4), num_iter=6, diffusion_steps=4, cfg_scale=2.0, return_trace=True,
                                     return_tokens=True, generator=torch.Generator().manual_seed(1))
     finally:
         hook.remove()
@@ -204,11 +204,11 @@ def test_training_mask_ratio_is_a_truncated_normal_on_07_1():
 
 def test_sampling_is_deterministic_for_a_fixed_generator():
     model = small()
-    a = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, steps=5, cfg_scale=1.5,
+    a = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
                      generator=torch.Generator().manual_seed(7))
-    b = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, steps=5, cfg_scale=1.5,
+    b = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
                      generator=torch.Generator().manual_seed(7))
-    c = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, steps=5, cfg_scale=1.5,
+    c = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
                      generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (3, 1, 28, 28) and 0 <= float(a.min()) and float(a.max()) <= 1
@@ -232,8 +232,8 @@ def test_bad_inputs_raise_clear_errors():
     model = small()
     with pytest.raises(ValueError, match=r"num_iter must be an integer in \[1, 49\]"):
         model.sample(2, num_iter=50)
-    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 100\]"):
-        model.sample(2, steps=0)
+    with pytest.raises(ValueError, match=r"diffusion_steps must be an integer in \[1, 100\]"):
+        model.sample(2, diffusion_steps=0)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(2, temperature=-1.0)
     with pytest.raises(ValueError, match="cfg_schedule"):

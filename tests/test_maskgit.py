@@ -20,7 +20,7 @@ def small(**kw):
 @pytest.mark.parametrize("steps,schedule", [(8, "cosine"), (4, "linear"), (1, "cosine"), (12, "cosine")])
 def test_masked_counts_follow_the_schedule_and_reach_zero(steps, schedule):
     model = small()
-    _, trace = model.sample(3, torch.tensor([0, 1, 2]), steps=steps, schedule=schedule, return_trace=True,
+    _, trace = model.sample(3, torch.tensor([0, 1, 2]), num_iter=steps, schedule=schedule, return_trace=True,
                             generator=torch.Generator().manual_seed(0))
     expected, before = [], 49
     for t in range(steps):
@@ -37,7 +37,7 @@ def test_masked_counts_follow_the_schedule_and_reach_zero(steps, schedule):
 
 def test_fixed_tokens_never_change():
     model = small()
-    final, trace = model.sample(4, torch.arange(4), steps=6, return_trace=True, return_tokens=True,
+    final, trace = model.sample(4, torch.arange(4), num_iter=6, return_trace=True, return_tokens=True,
                                 generator=torch.Generator().manual_seed(1))
     snaps = trace["tokens"]  # (T, n, g, g)
     for t in range(1, len(snaps)):
@@ -50,13 +50,13 @@ def test_fixed_tokens_never_change():
 
 def test_as_many_steps_as_tokens_without_gumbel_is_one_token_per_step():
     model = small()
-    _, trace = model.sample(2, torch.tensor([3, 4]), steps=49, choice_temperature=0.0, return_trace=True,
+    _, trace = model.sample(2, torch.tensor([3, 4]), num_iter=49, choice_temperature=0.0, return_trace=True,
                             generator=torch.Generator().manual_seed(2))
     assert trace["masked"] == list(range(48, -1, -1))
     for row in trace["fixed_at"].flatten(1):
         assert sorted(row.tolist()) == list(range(49))  # every step fixes exactly one token
     # with greedy token choice, the token fixed at each step is the most confident of the masked ones
-    greedy, gtrace = model.sample(1, torch.tensor([3]), steps=49, temperature=0.0, choice_temperature=0.0,
+    greedy, gtrace = model.sample(1, torch.tensor([3]), num_iter=49, temperature=0.0, choice_temperature=0.0,
                                   return_trace=True, return_tokens=True)
     order = gtrace["fixed_at"].flatten().argsort()
     tokens = torch.full((1, 49), model.mask_id)
@@ -103,10 +103,10 @@ def test_cfg_one_equals_plain_and_sampling_is_reproducible():
 
 def test_bad_inputs_raise_clear_errors():
     model = small()
-    with pytest.raises(ValueError, match="steps"):
-        model.sample(2, steps=0)
-    with pytest.raises(ValueError, match="steps"):
-        model.sample(2, steps=50)
+    with pytest.raises(ValueError, match="num_iter"):
+        model.sample(2, num_iter=0)
+    with pytest.raises(ValueError, match="num_iter"):
+        model.sample(2, num_iter=50)
     with pytest.raises(ValueError, match="schedule"):
         model.sample(2, schedule="square")
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 16\)"):

@@ -8,7 +8,7 @@ from minigen.train import fit
 
 def model(**kw):
     torch.manual_seed(0)
-    cfg = dict(image_size=7, n_levels=2, n_classes=10, channels=8, n_layers=5, kernel=3, first_kernel=3,
+    cfg = dict(image_size=7, n_levels=2, n_classes=10, channels=8, n_layer=5, kernel=3, first_kernel=3,
                head_channels=16)
     cfg.update(kw)
     m = GatedPixelCNN(PixelCNNConfig(**cfg)).eval()
@@ -32,7 +32,7 @@ def dependency(net, size=7, labels=None, levels=False):
 @pytest.mark.parametrize("n_levels", [2, 256])
 @pytest.mark.parametrize("conditional", [True, False])
 def test_gated_pixelcnn_is_exactly_causal_and_has_no_blind_spot(n_levels, conditional):
-    net = model(n_levels=n_levels, n_classes=10 if conditional else 0, n_layers=7)
+    net = model(n_levels=n_levels, n_classes=10 if conditional else 0, n_layer=7)
     dep = dependency(net, labels=torch.tensor([4]) if conditional else None, levels=True)
     before = torch.ones(49, 49, dtype=torch.bool).tril(-1)  # j < i
     assert not (dep & ~before).any(), "an output depends on its own pixel or a later one"
@@ -42,7 +42,7 @@ def test_gated_pixelcnn_is_exactly_causal_and_has_no_blind_spot(n_levels, condit
 
 def test_naive_masked_stack_has_a_blind_spot():
     torch.manual_seed(0)
-    net = naive_pixelcnn(n_layers=6, channels=8)
+    net = naive_pixelcnn(n_layer=6, channels=8)
     dep = dependency(net)
     before = torch.ones(49, 49, dtype=torch.bool).tril(-1)
     assert not (dep & ~before).any()  # still causal
@@ -58,7 +58,7 @@ def test_masked_conv_masks():
 
 
 def test_windowed_logits_equal_the_full_network():
-    net = model(image_size=12, n_layers=3)
+    net = model(image_size=12, n_layer=3)
     x, labels = torch.rand(2, 1, 12, 12), torch.tensor([1, 2])
     full = net(x, labels)
     for r in range(12):
@@ -106,7 +106,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_learns_a_known_distribution_to_within_5_percent_of_its_entropy():
     torch.manual_seed(0)
     patterns = BinaryPatterns(size=3, n_patterns=6, flip=0.05, seed=0)
-    net = GatedPixelCNN(PixelCNNConfig(image_size=3, n_classes=0, channels=32, n_layers=3, kernel=3,
+    net = GatedPixelCNN(PixelCNNConfig(image_size=3, n_classes=0, channels=32, n_layer=3, kernel=3,
                                        first_kernel=3, head_channels=64))
     fit(net, make_loader(patterns.dataset(16384, seed=1), 128), steps=500, lr=3e-3, progress=False)
     test_images = patterns.sample(4000, torch.Generator().manual_seed(2))

@@ -3,7 +3,8 @@ import torch
 
 from minigen.tokenizers import VQVAE, VQConfig
 from minigen.token_ar import TokenGPT
-from minigen.train import fit, load_model, save_checkpoint
+from minigen.registry import load_model
+from minigen.train import fit, save_checkpoint
 
 
 def small(**kw):

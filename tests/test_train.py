@@ -6,7 +6,8 @@ import torch
 
 from minigen.data import BinaryPatterns, make_loader
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
-from minigen.train import (CheckpointError, fit, load_model, lr_at, pick_device, preset, read_checkpoint,
+from minigen.registry import load_model
+from minigen.train import (CheckpointError, fit, lr_at, pick_device, preset, read_checkpoint,
                            save_checkpoint, seed_everything, train_or_load)
 
 
