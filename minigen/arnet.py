@@ -281,58 +281,12 @@ def fit_arnet(series, p: int, *, n_forecasts: int = 1, sparsity: float | None = 
     return model
 
 
-# --- presets and the command line ---------------------------------------------------------
+# --- presets ------------------------------------------------------------------------------
 
-# python -m minigen train arnet: a sparse AR(10) (lags 1, 3, 10) fitted with p lags
-TRUE_LAGS = {1: 0.2, 3: 0.3, 10: -0.5}
+# python -m minigen train arnet (minigen.cli): a generated sparse process fitted with p lags, n values long
 PRESETS = {
     "smoke": dict(config=dict(p=20, sparsity=3 / 20), steps=300, batch_size=256, lr=1e-2, n=2000),
     "cpu": dict(config=dict(p=50, sparsity=3 / 50), steps=2000, batch_size=256, lr=1e-2, n=10000),
     "gpu": dict(config=dict(p=50, sparsity=3 / 50), steps=2000, batch_size=256, lr=1e-2, n=10000),
 }
-DATA = None  # not images: cli_train makes its own series
-
-
-def cli_train(model: ARNet, *, steps: int, out, device, seed: int, preset_name: str) -> dict:
-    """Fit AR-Net and Classic-AR on a generated sparse process; write model.pt, samples.png, metrics.json."""
-    import dataclasses
-    import json
-    import time
-
-    import matplotlib.pyplot as plt
-
-    from minigen.train import device_name, save_checkpoint
-    from minigen.viz import plot_coefficients
-
-    spec = PRESETS[preset_name]
-    w = sparse_ar_coeffs(TRUE_LAGS)
-    series = generate_ar(w, spec["n"], seed=seed)
-    split = int(0.8 * len(series))
-    train, test = series[:split], series[split - model.config.p:]
-    model = ARNet(dataclasses.replace(model.config, reg_start=int(0.2 * steps), reg_full=int(0.6 * steps)))
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    history = train_arnet(model, train, steps=steps, batch_size=spec["batch_size"], lr=spec["lr"], seed=seed,
-                          device=device, progress=True)
-    net_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    classic = ClassicAR.fit(train, model.config.p)
-    classic_seconds = time.perf_counter() - t0
-    X, Y = lag_matrix(test, model.config.p)
-    metrics = {
-        "model": "arnet", "preset": preset_name, "device": device_name(device), "steps": steps,
-        "torch": torch.__version__,
-        "process": f"sparse AR({w.size}), lags {sorted(TRUE_LAGS)}, {spec['n']} samples, unit noise",
-        "p": model.config.p,
-        "stpe_arnet": round(stpe(model.coeffs, w), 3), "stpe_classic": round(stpe(classic.coeffs, w), 3),
-        "test_mse_arnet": round(float(((model.predict(X)[:, 0] - Y[:, 0]) ** 2).mean()), 5),
-        "test_mse_classic": round(float(((classic.predict(X) - Y[:, 0]) ** 2).mean()), 5),
-        "fit_seconds_arnet": round(net_seconds, 3), "fit_seconds_classic": round(classic_seconds, 4),
-    }
-    save_checkpoint(out / "model.pt", model, step=steps, history=history)
-    fig, ax = plt.subplots(figsize=(9, 3))
-    plot_coefficients({"true": w, "Classic-AR": classic.coeffs, "AR-Net": model.coeffs}, ax=ax)
-    fig.savefig(out / "samples.png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+DATA = None  # not images: the CLI generates its own series

@@ -16,31 +16,42 @@ import math
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from minigen import registry
 from minigen import speculative as spec
+from minigen.cli import train
 from minigen.data import data_dir, load_images
-from minigen.metrics import classifier_outputs, dataset_nll, digit_classifier, sample_quality
+from minigen.metrics import Yardstick, dataset_nll, draw, to_28  # noqa: F401 (Yardstick, to_28: notebook 09 uses them)
 from minigen.nn import progress_bar
 from minigen.registry import load_model
-from minigen.train import (CheckpointError, device_name, pick_device, preset, read_checkpoint,
-                           seed_everything, synchronize)
+from minigen.train import CheckpointError, device_name, pick_device, read_checkpoint, seed_everything, synchronize
+from minigen.train import preset as choose_preset
 
-# paradigm -> sampler variants to time, as (label, sample kwargs); the first is the reference
-VARIANTS = {
-    "pixelgpt": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "pixelcnn": [("windowed", {})],
-    "token": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "var": [("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False))],
-    "maskgit": [("T=8", dict(num_iter=8)), ("T=49", dict(num_iter=49))],
+
+@dataclass(frozen=True)
+class Paradigm:
+    """One row of the benchmark's table: adding a paradigm to the benchmark is adding one."""
+
+    title: str  # what its rows are, in words, for tables and charts
+    notebook: str  # the checkpoint its notebook leaves in data/ as NOTEBOOK_PRESET.pt (--models notebooks)
+    variants: tuple  # sampler variants to time, as (label, sample kwargs); the first is the reference
+
+
+CACHE = (("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False)))
+PARADIGMS = {  # in the course's order, the order of the tables whatever order the run had
+    "pixelgpt": Paradigm("pixel transformer (14x14, binary)", "00_pixelgpt", CACHE),
+    "pixelcnn": Paradigm("Gated PixelCNN", "01_pixelcnn_binary", (("windowed", {}),)),
+    "token": Paradigm("raster token GPT", "03_token", CACHE),
+    "var": Paradigm("VAR", "04_var", CACHE),
+    "maskgit": Paradigm("MaskGIT", "05_maskgit", (("T=8", dict(num_iter=8)), ("T=49", dict(num_iter=49)))),
     # MAR: num_iter transformer passes, each followed by S sequential calls of the denoising head
-    "mar": [("K=16 S=50", dict(num_iter=16, diffusion_steps=50)), ("K=16 S=10", dict(num_iter=16, diffusion_steps=10)),
-            ("K=8 S=50", dict(num_iter=8, diffusion_steps=50))],
+    "mar": Paradigm("MAR", "06_mar", (("K=16 S=50", dict(num_iter=16, diffusion_steps=50)),
+                                      ("K=16 S=10", dict(num_iter=16, diffusion_steps=10)),
+                                      ("K=8 S=50", dict(num_iter=8, diffusion_steps=50)))),
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator))
@@ -51,6 +62,8 @@ SPECULATIVE = [
     ("lantern d=.2", lambda t, d, y, g: spec.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
     ("multi k=3", lambda t, d, y, g: spec.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
 ]
+TITLES = {**{name: p.title for name, p in PARADIGMS.items()}, "speculative": "speculative decoding of the token GPT"}
+NOTEBOOK_CHECKPOINTS = {**{name: p.notebook for name, p in PARADIGMS.items()}, "draft": "07_draft"}
 # side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
 RATIOS = [
     ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
@@ -62,143 +75,41 @@ RATIOS = [
     ("MAR K=16 S=50 vs raster token GPT (KV cache)", "token", "KV cache", "mar", "K=16 S=50"),
     ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
-# the checkpoint each notebook leaves in data/ as NAME_PRESET.pt (--models notebooks)
-NOTEBOOK_CHECKPOINTS = {"pixelgpt": "00_pixelgpt", "pixel": "01_pixelcnn_binary", "token": "03_token",
-                        "var": "04_var", "maskgit": "05_maskgit", "mar": "06_mar", "draft": "07_draft"}
-# variants drawing exactly the same samples as the paradigm's first one (tested), so not scored again
-SAME_SAMPLES = {"recompute"}
-# sample quality per preset: class-balanced samples per scored variant, and the yardstick classifier's steps
-QUALITY = {"smoke": dict(samples=50, classifier_steps=100), "cpu": dict(samples=500, classifier_steps=2000),
-           "gpu": dict(samples=500, classifier_steps=2000)}
+SAME_SAMPLES = {"recompute"}  # variants drawing exactly the same samples as the first one (tested): not scored again
+SAMPLES = {"smoke": 50, "cpu": 500, "gpu": 500}  # class-balanced samples per scored variant, by preset
+MODELS = ("fresh", "notebooks", "train")
 
 
-
-
-def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> float:
-    """Seconds per call of model.sample(batch, ...): the best of `repeats` calls after a warm-up
-    (the least disturbed one; the mean would carry whatever else the machine was doing)."""
-    labels = torch.arange(batch) % model.config.n_classes if model.config.n_classes else None
-    model.sample(batch, labels, generator=torch.Generator().manual_seed(0), **kwargs)
-    best = float("inf")
-    for r in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        model.sample(batch, labels, generator=torch.Generator().manual_seed(r + 1), **kwargs)
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def passes_per_image(name: str, model, variant_kwargs: dict) -> int:
-    """Sequential network passes one image needs (the decoder pass of a tokenizer not counted)."""
-    if name == "pixelcnn":
-        return model.config.image_size ** 2
-    if name == "maskgit":
-        return int(variant_kwargs.get("num_iter", 8))
-    if name == "var":
-        return len(model.scales)
-    if name == "mar":  # transformer passes; the head adds num_iter * S small sequential calls (head_passes)
-        return int(variant_kwargs.get("num_iter", 16))
-    return model.seq_len
-
-
-def train_for_bench(name: str, preset_name: str, device) -> Path:
-    """Train `name` with the preset's recipe into data/bench/NAME-PRESET/model.pt (reused when finished)."""
-    from minigen.cli import cmd_train  # the CLI's recipe, tokenizer first
-    path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
-    if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
-        cmd_train(SimpleNamespace(name=name, preset=preset_name, steps=None, out=str(path.parent), device=str(device),
-                                  seed=0, n=20, resume=False, tokenizer=None))
-    return path
-
-
-def find_checkpoint(name: str, preset_name: str, checkpoints: dict, models: str, device) -> str | None:
-    """The checkpoint a paradigm's rows use: given, else the notebook's (--models notebooks), else trained."""
-    if name in checkpoints or models == "fresh":
-        return checkpoints.get(name)
-    notebook = data_dir() / f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}.pt"
-    if models == "notebooks" and notebook.exists():
-        return str(notebook)
-    return str(train_for_bench(name, preset_name, device))
-
+# --- models -----------------------------------------------------------------------------------------
 
 def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
-    """(model, checkpoint path or None for fresh weights). A notebook checkpoint that no longer fits the
-    code (older config or parameter names) is reported and replaced by one trained now."""
-    path = find_checkpoint(name, preset_name, checkpoints, models, device)
-    if path is None:
+    """(model, checkpoint path or None for fresh weights): the checkpoint given for `name`, else by `models`
+    fresh weights, the notebook's checkpoint, or one trained now with the CLI's recipe (tokenizer first) into
+    data/bench/NAME-PRESET/model.pt, reused once finished. A notebook checkpoint that no longer fits the code
+    (older config or parameter names) is reported and replaced by one trained now."""
+    if name in checkpoints:
+        return load_model(checkpoints[name], device=device), checkpoints[name]
+    if models == "fresh":
         seed_everything(0)
         return registry.recipe(name, preset_name)["model"].to(device).eval(), None
-    try:
-        return load_model(path, device=device), path
-    except CheckpointError as err:
-        if name in checkpoints or models != "notebooks":
-            raise
-        print(f"ignoring {path}: {err}")
-        path = str(train_for_bench(name, preset_name, device))
-        return load_model(path, device=device), path
-
-
-# --- sample quality ---------------------------------------------------------------------------------
-
-def to_28(images: torch.Tensor) -> torch.Tensor:
-    """The classifier reads 28x28: smaller images (the 14x14 pixel transformer) are scaled up by repetition."""
-    return images if images.shape[-1] == 28 else F.interpolate(images.float(), size=(28, 28), mode="nearest")
+    notebook = data_dir() / f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}.pt"
+    if models == "notebooks" and notebook.exists():
+        try:
+            return load_model(notebook, device=device), str(notebook)
+        except CheckpointError as err:
+            print(f"ignoring {notebook}: {err}")
+    path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
+    if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
+        train(name, preset_name, path.parent, device=device, n=20)
+    return load_model(path, device=device), str(path)
 
 
 def quality_data(name: str, model) -> dict:
     """`load_images` arguments for the data this model generates (the binary or grey PixelCNN alike)."""
-    spec_ = registry.data_spec("token" if name == "speculative" else name)
+    data = registry.data_spec(name)
     if name == "pixelcnn":
-        spec_["binarize"] = model.config.n_levels == 2
-    return spec_
-
-
-class Yardstick:
-    """The digit classifier and, per kind of data (grey or binarised, 28 or 14 pixels), the test split's
-    features; every sample set is scored against the test digits of its own kind."""
-
-    def __init__(self, preset_name: str, device):
-        self.classifier = digit_classifier(steps=QUALITY[preset_name]["classifier_steps"], device=device)
-        self.references = {}
-        test = load_images("mnist-subset", "test")
-        feats, preds = classifier_outputs(self.classifier, test.images)
-        self.references["grey 28px"] = feats  # the grey test digits' features, reused as that kind's reference
-        noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-        self.report = {"classifier_test_accuracy": float((preds == test.labels).float().mean()),
-                       "noise_fid": sample_quality(self.classifier, noise, feats)["fid"], "floor_fid": {}}
-
-    def reference(self, data: dict) -> torch.Tensor:
-        """Test-split features for this kind of data; its floor (500 training digits of the same kind) recorded."""
-        key = f"{'binarised' if data.get('binarize') else 'grey'} {data.get('size', 28)}px"
-        if key not in self.references:
-            self.references[key] = classifier_outputs(self.classifier, to_28(load_images(split="test", **data).images))[0]
-        if key not in self.report["floor_fid"]:
-            train = load_images(split="train", **data)
-            self.report["floor_fid"][key] = sample_quality(self.classifier, to_28(train.images[::9][:500]),
-                                                           self.references[key])["fid"]
-        return self.references[key]
-
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None, data: dict) -> dict:
-        """Classifier FID against the test digits of this kind; class accuracy where labels were asked for."""
-        quality = sample_quality(self.classifier, to_28(images), self.reference(data), labels)
-        quality.pop("n")  # the report states the sample count once
-        return quality
-
-
-@torch.no_grad()
-def draw(sample_fn, n: int, n_classes: int, device, batch: int = 100) -> tuple:
-    """n samples from sample_fn(count, labels, generator) -> images, in chunks of `batch`, all from one seeded
-    generator; labels 0, 1, ... in turn (class-balanced), None for an unconditional model (n_classes 0).
-    Returns (images, labels)."""
-    labels = torch.arange(n) % n_classes if n_classes else None
-    generator = torch.Generator().manual_seed(0)
-    images = []
-    for start in range(0, n, batch):
-        count = min(batch, n - start)
-        chunk = labels[start:start + count].to(device) if labels is not None else None
-        images.append(sample_fn(count, chunk, generator).float().cpu())
-    return torch.cat(images), labels
+        data["binarize"] = model.config.n_levels == 2
+    return data
 
 
 def nll_entry(model, data: dict) -> dict:
@@ -210,13 +121,55 @@ def nll_entry(model, data: dict) -> dict:
     return {"nll": dataset_nll(model, test, batch_size=100), "nll_over": over}
 
 
-def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str = "fresh",
-                     yardstick=None, samples: int = 0, previews: dict | None = None) -> list:
+# --- rows -------------------------------------------------------------------------------------------
+
+def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> tuple[float, dict]:
+    """Seconds per call of model.sample(batch, ...): the best of `repeats` calls (the least disturbed one; the
+    mean would carry whatever else the machine was doing). The warm-up call before them returns its trace,
+    which counts the sequential network passes ("passes"; MAR adds its denoising head's "head_passes")."""
+    labels = torch.arange(batch) % model.config.n_classes if model.config.n_classes else None
+    _, trace = model.sample(batch, labels, generator=torch.Generator().manual_seed(0), return_trace=True, **kwargs)
+    best = float("inf")
+    for r in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        model.sample(batch, labels, generator=torch.Generator().manual_seed(r + 1), **kwargs)
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, trace
+
+
+def paradigm_rows(name: str, preset_name: str, batches, repeats: int, checkpoints: dict, device, models: str,
+                  score) -> list:
+    """Every variant of one paradigm at every batch size; a trained model's samples are scored by
+    `score(key, sample_fn, n_classes, data)` (once per variant) and its test NLL added."""
+    model, path = build(name, preset_name, checkpoints, device, models)
+    trained = path is not None
+    data = quality_data(name, model)
+    likelihood = nll_entry(model, data) if trained else {}
+    rows = []
+    for label, kwargs in PARADIGMS[name].variants:
+        quality = {}
+        if trained and label not in SAME_SAMPLES:
+            quality = score((name, label), lambda k, y, g: model.sample(k, y, generator=g, **kwargs),
+                            model.config.n_classes, data)
+        for batch in batches:
+            seconds, trace = time_sampler(model, batch, repeats, device, **kwargs)
+            rows.append(dict(paradigm=name, variant=label, batch=batch, passes=trace["passes"],
+                             seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained,
+                             **quality, **likelihood))
+            if "head_passes" in trace:
+                rows[-1]["head_passes"] = trace["head_passes"]
+    return rows
+
+
+def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str, score) -> list:
     """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same
     seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds). With trained
-    models, `yardstick()` (made on first call) scores `samples` samples of each variant."""
+    models, `score` scores each variant's samples."""
     target, target_path = build("token", preset_name, checkpoints, device, models)
     draft, draft_path = build("draft", preset_name, checkpoints, device, models)
+    trained = bool(target_path and draft_path)
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
     for label, fn in SPECULATIVE:
@@ -232,81 +185,67 @@ def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, 
             seconds += (time.perf_counter() - t0) / len(seeds)
             passes += (trace["target_passes"] if trace else target.seq_len) / len(seeds)
             accept += (trace["acceptance"] if trace else float("nan")) / len(seeds)
-        rows.append(dict(paradigm="speculative", variant=label, batch=1, passes=round(passes, 1),
-                         seconds_per_batch=seconds, images_per_second=1 / seconds, acceptance=accept,
-                         trained=bool(target_path and draft_path)))
-        if yardstick is not None and rows[-1]["trained"] and samples:
-            images, labels = draw(lambda k, y, g: target.to_images(run_one(y, g)[0]), samples, target.n_classes, device)
-            rows[-1].update(yardstick().score(images, labels, quality_data("speculative", target)))
-            if previews is not None:
-                previews[("speculative", label)] = images[:20]
+        rows.append(dict(paradigm="speculative", variant=label, batch=1, passes=round(passes, 1), seconds_per_batch=seconds,
+                         images_per_second=1 / seconds, acceptance=accept, trained=trained))
+        if trained:
+            rows[-1].update(score(("speculative", label), lambda k, y, g: target.to_images(run_one(y, g)[0]),
+                                  target.n_classes, registry.data_spec("token")))
     return rows
 
 
-def run(paradigms, preset_name: str, batches, repeats: int, checkpoints: dict, device=None, models: str = "fresh",
-        samples: int | None = None, previews: dict | None = None, progress: bool = False) -> dict:
+def run(*, paradigms, preset: str, batches, repeats: int, checkpoints: dict | None = None, device=None,
+        models: str = "fresh", samples: int | None = None, previews: dict | None = None, progress: bool = False) -> dict:
     """Time every paradigm's variants at every batch size; with trained models also score their samples
     (`samples` per variant, default by preset; 0: speed only). Returns the report (rows, ratios, yardstick);
     a `previews` dict gets the first 20 scored samples of each variant (classes 0-9 twice)."""
-    device = pick_device(device)
-    unknown = sorted(set(paradigms) - set(VARIANTS) - {"speculative"})
+    unknown = sorted(set(paradigms) - set(TITLES))
     if unknown:
-        raise ValueError(f"no benchmark for {unknown}; choose from {list(VARIANTS) + ['speculative']}")
-    if models not in ("fresh", "notebooks", "train"):
+        raise ValueError(f"no benchmark for {unknown}; choose from {list(TITLES)}")
+    if preset not in SAMPLES:
+        raise ValueError(f"preset must be one of {list(SAMPLES)}, got {preset!r}")
+    if models not in MODELS:
         raise ValueError(f"models must be fresh, notebooks or train, got {models!r}")
-    samples = QUALITY[preset_name]["samples"] if samples is None else samples
+    if not batches or any(b < 1 for b in batches) or repeats < 1:
+        raise ValueError("batches and repeats must be positive")
+    samples = SAMPLES[preset] if samples is None else samples
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
+    device, checkpoints = pick_device(device), checkpoints or {}
     made = []  # the yardstick, made on first use: its classifier takes minutes to train on a CPU
 
-    def yardstick() -> Yardstick:
+    def score(key: tuple, sample_fn, n_classes: int, data: dict) -> dict:
+        """Classifier FID and class accuracy of `samples` class-balanced samples of one variant."""
+        if not samples:
+            return {}
         if not made:
-            made.append(Yardstick(preset_name, device))
-        return made[0]
+            made.append(Yardstick(preset, device))
+        images, labels = draw(sample_fn, samples, n_classes, device)
+        if previews is not None:
+            previews[key] = images[:20]
+        return made[0].score(images, labels, data)
 
     rows = []
     for name in progress_bar(paradigms, progress, desc="bench"):
         if name == "speculative":
-            rows += speculative_rows(preset_name, repeats, checkpoints, device, models, yardstick, samples, previews)
-            continue
-        model, path = build(name, preset_name, checkpoints, device, models)
-        trained = path is not None
-        data = quality_data(name, model)
-        likelihood = nll_entry(model, data) if trained else {}
-        for label, kwargs in VARIANTS[name]:
-            quality = {}
-            if trained and samples and label not in SAME_SAMPLES:
-                images, labels = draw(lambda k, y, g: model.sample(k, y, generator=g, **kwargs), samples,
-                                      model.config.n_classes, device)
-                quality = yardstick().score(images, labels, data)
-                if previews is not None:
-                    previews[(name, label)] = images[:20]
-            for batch in batches:
-                seconds = time_sampler(model, batch, repeats, device, **kwargs)
-                rows.append(dict(paradigm=name, variant=label, batch=batch, passes=passes_per_image(name, model, kwargs),
-                                 seconds_per_batch=seconds, images_per_second=batch / seconds, trained=trained,
-                                 **quality, **likelihood))
-                if name == "mar":
-                    rows[-1]["head_passes"] = kwargs["num_iter"] * kwargs["diffusion_steps"]
-    lookup = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
+            rows += speculative_rows(preset, repeats, checkpoints, device, models, score)
+        else:
+            rows += paradigm_rows(name, preset, batches, repeats, checkpoints, device, models, score)
+    seconds = {(r["paradigm"], r["variant"], r["batch"]): r["seconds_per_batch"] for r in rows}
     ratios = []
     for title, slow_p, slow_v, fast_p, fast_v in RATIOS:
         for batch in batches:
-            if (slow_p, slow_v, batch) in lookup and (fast_p, fast_v, batch) in lookup:
+            if (slow_p, slow_v, batch) in seconds and (fast_p, fast_v, batch) in seconds:
                 ratios.append(dict(ratio=title, batch=batch,
-                                   speedup=lookup[(slow_p, slow_v, batch)] / lookup[(fast_p, fast_v, batch)]))
+                                   speedup=seconds[(slow_p, slow_v, batch)] / seconds[(fast_p, fast_v, batch)]))
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-            "preset": preset_name, "repeats": repeats, "models": models, "samples": samples, "rows": rows,
+            "preset": preset, "repeats": repeats, "models": models, "samples": samples, "rows": rows,
             "ratios": ratios, "yardstick": made[0].report if made else None}
 
 
+# --- reports ----------------------------------------------------------------------------------------
+
 def _cell(value, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and value == value else ""
-
-
-# what each paradigm's rows are, in words, for tables and charts
-TITLES = {"pixelgpt": "pixel transformer (14x14, binary)", "pixel": "Gated PixelCNN", "token": "raster token GPT",
-          "var": "VAR", "maskgit": "MaskGIT", "mar": "MAR", "speculative": "speculative decoding of the token GPT"}
 
 
 def summary(report: dict) -> list[dict]:
@@ -344,6 +283,7 @@ def markdown_table(report: dict) -> str:
 
 
 def format_report(report: dict) -> str:
+    """The report as text: one line per row, what the columns mean, then the side-by-side ratios."""
     lines = [f"device: {report['device']} | torch {report['torch']} | preset {report['preset']} | "
              f"repeats {report['repeats']} | models {report.get('models', 'fresh')}", "",
              f"{'paradigm':<12} {'variant':<12} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} "
@@ -376,22 +316,20 @@ def format_report(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None, help="model sizes (default: detected)")
-    parser.add_argument("--paradigms", nargs="*", default=list(VARIANTS) + ["speculative"],
-                        help=f"subset of {list(VARIANTS) + ['speculative']} (speculative: batch 1; its acceptance "
-                             "means something only with trained models: --models notebooks, or --checkpoint "
-                             "token=... and draft=...)")
+    parser = argparse.ArgumentParser(prog="python -m minigen.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(SAMPLES), default=None, help="model sizes (default: detected)")
+    parser.add_argument("--paradigms", nargs="*", default=list(TITLES),
+                        help=f"subset of {list(TITLES)} (speculative: batch 1; its acceptance means something only "
+                             "with trained models: --models notebooks, or --checkpoint token=... and draft=...)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row; the best one is kept")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                         help="use trained weights for a paradigm (repeatable)")
-    parser.add_argument("--models", choices=["fresh", "notebooks", "train"], default="fresh",
-                        help="fresh: untrained weights, speed only; notebooks: the checkpoints notebooks 00-07 leave in "
-                             "data/ (trained now where missing); train: trained now with the preset's recipe "
-                             "(cached in data/bench/). Trained models also get FID, class accuracy and NLL")
+    parser.add_argument("--models", choices=MODELS, default="fresh",
+                        help="where models come from (see above); trained ones also get FID, class accuracy and NLL")
     parser.add_argument("--samples", type=int, default=None,
-                        help="samples per scored variant (default: 50 smoke, 500 cpu/gpu; 0: speed only)")
+                        help=f"samples per scored variant (default by preset: {SAMPLES}; 0: speed only)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the report here")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as a Markdown table")
@@ -399,11 +337,9 @@ def main(argv=None) -> int:
     try:
         if any("=" not in item for item in args.checkpoint):
             raise ValueError(f"--checkpoint takes NAME=PATH, got {args.checkpoint}")
-        checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
-        if any(b < 1 for b in args.batches) or args.repeats < 1:
-            raise ValueError("batches and repeats must be positive")
-        report = run(args.paradigms, preset(args.preset), args.batches, args.repeats, checkpoints, args.device,
-                     args.models, args.samples)
+        report = run(paradigms=args.paradigms, preset=choose_preset(args.preset), batches=args.batches,
+                     repeats=args.repeats, checkpoints=dict(item.split("=", 1) for item in args.checkpoint),
+                     device=args.device, models=args.models, samples=args.samples)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Command line: `python -m minigen train NAME`, `python -m minigen sample CKPT`, `python -m minigen list`.
 
-train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json.
+train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json; `train(...)` does the same from
+Python (the benchmark trains its models with it).
 """
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
-from minigen import registry
+from minigen import arnet, registry
 from minigen.data import load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
-from minigen.train import device_name, fit, pick_device, preset, seed_everything
-from minigen.viz import save_images, save_series
+from minigen.train import device_name, fit, pick_device, save_checkpoint, seed_everything
+from minigen.train import preset as choose_preset
+from minigen.viz import plot_coefficients, save_images, save_series
+
+# `train arnet`: a sparse AR(10) process (lags 1, 3, 10), fitted with the preset's p lags
+TRUE_LAGS = {1: 0.2, 3: 0.3, 10: -0.5}
 
 
 def _sample_labels(model, n: int):
@@ -32,32 +38,58 @@ def _grid_columns(labels, n: int) -> int:
     return int(labels.max()) + 1 if labels is not None and n >= 10 else int(math.ceil(math.sqrt(n)))
 
 
-def cmd_train(args) -> dict:
-    preset_name = preset(args.preset)
-    seed_everything(args.seed)
-    device = pick_device(args.device)
-    args.name = registry.resolve(args.name)
-    rec = registry.recipe(args.name, preset_name)
-    model, steps = rec["model"], args.steps if args.steps is not None else rec["steps"]
-    out = Path(args.out or f"runs/{args.name}-{preset_name}")
+# --- train --------------------------------------------------------------------------------------------
+
+def train(name: str, preset: str | None = None, out=None, *, steps: int | None = None, device=None, seed: int = 0,
+          n: int = 64, resume: bool = False, tokenizer=None, precision: str | None = None) -> dict:
+    """Train the registered model `name` with the recipe of `preset` (default: detected) and return its metrics.
+
+    Writes OUT/model.pt, OUT/samples.png (samples; a tokenizer's originals above their reconstructions; AR-Net's
+    coefficients) and OUT/metrics.json; OUT defaults to runs/NAME-PRESET. `steps` overrides the preset's, `n` is the
+    number of images in samples.png. A token model's tokenizer is the checkpoint `tokenizer`, else
+    OUT/../TOKENIZER-PRESET/model.pt, trained first where missing.
+    """
+    preset_name = choose_preset(preset)
+    name = registry.resolve(name)
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seed_everything(seed)
+    device = pick_device(device)
+    rec = registry.recipe(name, preset_name)
+    model, steps = rec["model"], rec["steps"] if steps is None else steps
+    out = Path(out or f"runs/{name}-{preset_name}")
     out.mkdir(parents=True, exist_ok=True)
-    if hasattr(rec["module"], "cli_train"):  # non-image models write their own three files
-        metrics = rec["module"].cli_train(model, steps=steps, out=out, device=device, seed=args.seed,
-                                          preset_name=preset_name)
-        print(json.dumps(metrics, indent=2))
-        print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}, {out / 'metrics.json'}")
-        return metrics
-    if rec["tokenizer"]:
-        tokenizer = _tokenizer(rec["tokenizer"], preset_name, out, args)
-        config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "tokenizer"}
-        model = type(model).from_tokenizer(tokenizer, **config)
+    caption = ""  # what samples.png shows, where it is not samples
+    if registry.kind(name) == "series":
+        metrics = _train_series(model, steps=steps, out=out, device=device, seed=seed, preset_name=preset_name)
+    else:
+        if rec["tokenizer"]:
+            tokenizer_model = _tokenizer(rec["tokenizer"], preset_name, out, tokenizer, device=device, seed=seed, n=n,
+                                         precision=precision)
+            config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "tokenizer"}
+            model = type(model).from_tokenizer(tokenizer_model, **config)
+        metrics = _train_images(name, model, rec, preset_name, out, steps=steps, device=device, seed=seed, n=n,
+                                resume=resume, precision=precision)
+        if registry.kind(name) == "tokenizer":
+            caption = " (originals, then reconstructions)"
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}{caption}, {out / 'metrics.json'}")
+    return metrics
+
+
+def _train_images(name: str, model, rec: dict, preset_name: str, out: Path, *, steps: int, device, seed: int,
+                  n: int, resume: bool, precision: str | None) -> dict:
+    """Fit an image model (generator or tokenizer), measure it on the test split, fill samples.png; its metrics."""
     train_set = load_images(split="train", **rec["data"])
     test_set = load_images(split="test", **rec["data"])
-    print(f"training {args.name} | preset {preset_name} | {steps} steps | {device_name(device)}")
-    history = fit(model, make_loader(train_set, rec["batch_size"], seed=args.seed), steps=steps, lr=rec["lr"],
-                  ema_decay=rec["ema_decay"], device=device, precision=getattr(args, "precision", None),
-                  checkpoint=out / "model.pt", resume=args.resume, desc=args.name)
-    metrics = {"model": args.name, "preset": preset_name, "device": device_name(device), "steps": steps,
+    print(f"training {name} | preset {preset_name} | {steps} steps | {device_name(device)}")
+    history = fit(model, make_loader(train_set, rec["batch_size"], seed=seed), steps=steps, lr=rec["lr"],
+                  ema_decay=rec["ema_decay"], device=device, precision=precision,
+                  checkpoint=out / "model.pt", resume=resume, desc=name)
+    metrics = {"model": name, "preset": preset_name, "device": device_name(device), "steps": steps,
                "precision": history["precision"],
                "train_seconds": round(history["seconds"], 2), "torch": torch.__version__,
                "final_train_loss": history["loss"][-1] if history["loss"] else None}
@@ -68,54 +100,90 @@ def cmd_train(args) -> dict:
             metrics["test_bits_per_token"] = round(bits_per_dim(nll, model.seq_len), 5)
         else:
             metrics["test_bits_per_dim"] = round(bits_per_dim(nll, math.prod(test_set.shape)), 5)
-    if not hasattr(model, "sample"):  # a tokenizer: originals above their reconstructions
+    if registry.kind(name) == "tokenizer":  # originals above their reconstructions
         report = model.evaluate(test_set.images)
         metrics["test_mse"] = round(report["mse"], 6)
         if "perplexity" in report:  # a codebook
             metrics.update(test_perplexity=round(report["perplexity"], 2), test_codes_used=round(report["used_fraction"], 4))
         else:  # continuous tokens
             metrics.update(token_mean=round(report["token_mean"], 4), token_std=round(report["token_std"], 4))
-        originals = test_set.images[: args.n].to(device)
-        save_images(torch.cat([originals, model.reconstruct(originals)]), out / "samples.png",
-                    nrow=min(args.n, 16))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(json.dumps(metrics, indent=2))
-        print(f"wrote {out / 'model.pt'}, {out / 'samples.png'} (originals, then reconstructions), "
-              f"{out / 'metrics.json'}")
+        originals = test_set.images[:n].to(device)
+        save_images(torch.cat([originals, model.reconstruct(originals)]), out / "samples.png", nrow=min(n, 16))
         return metrics
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    labels = _sample_labels(model, args.n)
-    images = model.sample(args.n, labels, generator=gen)
-    metrics["samples_per_second"] = round(args.n / (time.perf_counter() - t0), 3)
-    save_images(images, out / "samples.png", nrow=_grid_columns(labels, args.n))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}, {out / 'metrics.json'}")
+    labels = _sample_labels(model, n)
+    images = model.sample(n, labels, generator=gen)
+    metrics["samples_per_second"] = round(n / (time.perf_counter() - t0), 3)
+    save_images(images, out / "samples.png", nrow=_grid_columns(labels, n))
     return metrics
 
 
-def _tokenizer(name: str, preset_name: str, out: Path, args):
-    """The tokenizer a token model needs: --tokenizer CKPT, else OUT/../NAME-PRESET/model.pt, trained if missing."""
-    path = Path(args.tokenizer) if args.tokenizer else out.parent / f"{name}-{preset_name}" / "model.pt"
+def _tokenizer(name: str, preset_name: str, out: Path, path, **train_kwargs):
+    """The tokenizer a token model needs: the checkpoint `path`, else OUT/../NAME-PRESET/model.pt, trained there
+    (with `train_kwargs`) if missing."""
+    given = path is not None
+    path = Path(path) if given else out.parent / f"{name}-{preset_name}" / "model.pt"
     if not path.exists():
-        if args.tokenizer:
+        if given:
             raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
         print(f"no {name} tokenizer at {path}: training it first")
-        sub = argparse.Namespace(**{**vars(args), "name": name, "out": str(path.parent), "steps": None,
-                                    "resume": False})
-        cmd_train(sub)
+        train(name, preset_name, path.parent, **train_kwargs)
     print(f"using the {name} tokenizer in {path}")
     return load_model(path, device="cpu")
+
+
+def _train_series(model: arnet.ARNet, *, steps: int, out: Path, device, seed: int, preset_name: str) -> dict:
+    """Fit AR-Net and Classic-AR on a generated sparse AR process (TRUE_LAGS); write model.pt and samples.png
+    (true and fitted coefficients); return the metrics."""
+    spec = arnet.PRESETS[preset_name]
+    w = arnet.sparse_ar_coeffs(TRUE_LAGS)
+    series = arnet.generate_ar(w, spec["n"], seed=seed)
+    split = int(0.8 * len(series))
+    train_part, test_part = series[:split], series[split - model.config.p:]
+    model = arnet.ARNet(dataclasses.replace(model.config, reg_start=int(0.2 * steps), reg_full=int(0.6 * steps)))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    history = arnet.train_arnet(model, train_part, steps=steps, batch_size=spec["batch_size"], lr=spec["lr"],
+                                seed=seed, device=device, progress=True)
+    net_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    classic = arnet.ClassicAR.fit(train_part, model.config.p)
+    classic_seconds = time.perf_counter() - t0
+    X, Y = arnet.lag_matrix(test_part, model.config.p)
+    metrics = {
+        "model": "arnet", "preset": preset_name, "device": device_name(device), "steps": steps,
+        "torch": torch.__version__,
+        "process": f"sparse AR({w.size}), lags {sorted(TRUE_LAGS)}, {spec['n']} samples, unit noise",
+        "p": model.config.p,
+        "stpe_arnet": round(arnet.stpe(model.coeffs, w), 3), "stpe_classic": round(arnet.stpe(classic.coeffs, w), 3),
+        "test_mse_arnet": round(float(((model.predict(X)[:, 0] - Y[:, 0]) ** 2).mean()), 5),
+        "test_mse_classic": round(float(((classic.predict(X) - Y[:, 0]) ** 2).mean()), 5),
+        "fit_seconds_arnet": round(net_seconds, 3), "fit_seconds_classic": round(classic_seconds, 4),
+    }
+    save_checkpoint(out / "model.pt", model, step=steps, history=history)
+    fig, ax = plt.subplots(figsize=(9, 3))
+    plot_coefficients({"true": w, "Classic-AR": classic.coeffs, "AR-Net": model.coeffs}, ax=ax)
+    fig.savefig(out / "samples.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return metrics
+
+
+# --- sample and the parser ----------------------------------------------------------------------------
+
+def cmd_train(args) -> dict:
+    return train(args.name, args.preset, args.out, steps=args.steps, device=args.device, seed=args.seed, n=args.n,
+                 resume=args.resume, tokenizer=args.tokenizer, precision=args.precision)
 
 
 def cmd_sample(args):
     seed_everything(args.seed)
     model = load_model(args.checkpoint, device=args.device)
-    if not hasattr(model, "sample"):
+    kind = registry.kind_of(model)
+    if kind == "tokenizer":
         raise ValueError(f"{args.checkpoint} holds a tokenizer, which has no sample(); sample from a token model")
     gen = torch.Generator().manual_seed(args.seed)
-    if not hasattr(model.config, "n_classes"):  # a time-series model: simulate series
+    if kind == "series":  # simulate series
         save_series(model.sample(args.n, generator=gen), args.out)
         print(f"wrote {args.n} simulated series to {args.out}")
         return

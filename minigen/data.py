@@ -84,10 +84,9 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
     after the checksum matches, so an interrupted or corrupt download leaves nothing.
     """
     dest = Path(dest)
-    if dest.exists():
-        if sha256_file(dest) == sha256:
-            return dest
-        dest.unlink()  # stale or damaged copy: fetch it again
+    if dest.exists() and sha256_file(dest) == sha256:
+        return dest
+    # a stale or damaged copy stays where it is until a verified download replaces it: offline, nothing is lost
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     tmp = Path(tmp_name)
@@ -181,12 +180,19 @@ def split_indices(labels: np.ndarray, test_per_class: int, seed: int = 0) -> tup
 
 
 def check_images(images: torch.Tensor, size: int):
-    """Fail clearly unless images is a float tensor (B, 1, size, size), the layout every model takes."""
+    """Fail clearly unless images is a float tensor (B, 1, size, size) of finite values in [0, 1], the input
+    every model takes (a NaN would otherwise become level 0, and 200.0 be clamped to 1, without a word)."""
     if not torch.is_tensor(images) or images.dim() != 4 or tuple(images.shape[1:]) != (1, size, size):
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"expected images (B, 1, {size}, {size}), got {shape}")
     if not images.dtype.is_floating_point:
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    values = images.detach()
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise ValueError("images contain NaN or infinite values")
+    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+        raise ValueError(f"image values must lie in [0, 1], got min {float(values.min()):.4g}, "
+                         f"max {float(values.max()):.4g} (divide 0-255 pixels by 255)")
 
 
 class ImageDataset(Dataset):

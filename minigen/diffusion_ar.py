@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from minigen.masked_ar import masked_count
-from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args, progress_bar
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args, eval_mode, progress_bar
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import AEConfig, ContinuousAE, OnTokenizer
 
@@ -228,7 +228,8 @@ class MAR(OnTokenizer, nn.Module):
         fills in (MAR's default), "constant" uses cfg_scale throughout.
         return_trace=True also returns {"generated_at": (n, g, g) pass that made each token, "counts": new
         tokens per pass, "tokens": (num_iter, n, g, g, D) with 0 where unknown, "frames",
-        "transformer_passes", "head_passes"} (head passes: sequential denoiser calls).
+        "passes", "head_passes"} (passes: transformer passes; head passes:
+        sequential denoiser calls).
         """
         L = self.seq_len
         if not isinstance(num_iter, int) or not 1 <= num_iter <= L:
@@ -238,30 +239,28 @@ class MAR(OnTokenizer, nn.Module):
         check_sampling_args(temperature, cfg_scale=cfg_scale)
         device = self.mask_emb.device
         labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
-        was_training = self.training
-        self.eval()
-        gen_device = generator.device if generator is not None else device
-        order_rank = torch.rand(n, L, generator=generator, device=gen_device).argsort(1).argsort(1).to(device)
-        tokens = torch.zeros(n, L, self.token_dim, device=device)  # (n, L, D)
-        generated_at = torch.full((n, L), -1, dtype=torch.long, device=device)
-        counts, snapshots, done = [], [], 0
-        for k in progress_bar(range(num_iter), progress, desc="MAR passes"):
-            unknown = generated_at < 0  # (n, L), the same count in every row
-            left = 0 if k == num_iter - 1 else max(1, min(masked_count(L, k, num_iter), L - done - 1))
-            new = (order_rank >= done) & (order_rank < L - left)  # (n, L): the next positions of each order
-            z = self(torch.cat([tokens, tokens]) if guided else tokens,
-                     torch.cat([unknown, unknown]) if guided else unknown, labels)  # (rows, L, C)
-            scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * (L - left) / L
-            z_new = z[:n][new]  # (n * count, C), row-major: image by image
-            z_uncond = z[n:][new] if guided else None
-            tokens[new] = self.head.sample(z_new, diffusion_steps=diffusion_steps, temperature=temperature, z_uncond=z_uncond,
-                                           cfg_scale=scale, generator=generator)
-            generated_at[new] = k
-            counts.append(L - left - done)
-            done = L - left
-            if return_trace:
-                snapshots.append(tokens.clone().cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            gen_device = generator.device if generator is not None else device
+            order_rank = torch.rand(n, L, generator=generator, device=gen_device).argsort(1).argsort(1).to(device)
+            tokens = torch.zeros(n, L, self.token_dim, device=device)  # (n, L, D)
+            generated_at = torch.full((n, L), -1, dtype=torch.long, device=device)
+            counts, snapshots, done = [], [], 0
+            for k in progress_bar(range(num_iter), progress, desc="MAR passes"):
+                unknown = generated_at < 0  # (n, L), the same count in every row
+                left = 0 if k == num_iter - 1 else max(1, min(masked_count(L, k, num_iter), L - done - 1))
+                new = (order_rank >= done) & (order_rank < L - left)  # (n, L): the next positions of each order
+                z = self(torch.cat([tokens, tokens]) if guided else tokens,
+                         torch.cat([unknown, unknown]) if guided else unknown, labels)  # (rows, L, C)
+                scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * (L - left) / L
+                z_new = z[:n][new]  # (n * count, C), row-major: image by image
+                z_uncond = z[n:][new] if guided else None
+                tokens[new] = self.head.sample(z_new, diffusion_steps=diffusion_steps, temperature=temperature, z_uncond=z_uncond,
+                                               cfg_scale=scale, generator=generator)
+                generated_at[new] = k
+                counts.append(L - left - done)
+                done = L - left
+                if return_trace:
+                    snapshots.append(tokens.clone().cpu())
         grid = tokens.view(n, self.grid, self.grid, self.token_dim)
         out = grid if return_tokens else self.tokenizer.decode(grid)
         if not return_trace:
@@ -270,7 +269,7 @@ class MAR(OnTokenizer, nn.Module):
         frames = torch.stack([self.canvas(s.view_as(grid), at <= k) for k, s in enumerate(snapshots)])
         return out, {"generated_at": at, "counts": counts, "frames": frames,
                      "tokens": torch.stack(snapshots).view(num_iter, *grid.shape),
-                     "transformer_passes": num_iter, "head_passes": num_iter * diffusion_steps}
+                     "passes": num_iter, "head_passes": num_iter * diffusion_steps}
 
     @torch.no_grad()
     def canvas(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:

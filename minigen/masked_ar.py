@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from minigen import token_ar
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, sample_from_probs,
-                        progress_bar, warp_logits)
+from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, eval_mode,
+                        progress_bar, sample_from_probs, warp_logits)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
 
@@ -107,38 +107,36 @@ class MaskGIT(OnTokenizer, nn.Module):
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         device = next(self.parameters()).device
         labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
-        was_training = self.training
-        self.eval()
-        L = self.seq_len
-        tokens = torch.full((n, L), self.mask_id, dtype=torch.long, device=device)  # (n, L)
-        fixed_at = torch.full((n, L), -1, dtype=torch.long, device=device)
-        masked_counts, snapshots = [], []
-        for t in progress_bar(range(num_iter), progress, desc="MaskGIT passes"):
-            masked = tokens == self.mask_id  # (n, L)
-            logits = self(torch.cat([tokens, tokens]) if guided else tokens, labels)  # (rows, L, V)
-            if guided:
-                logits = cfg_mix(logits[:n], logits[n:], cfg_scale)  # (n, L, V)
-            probs = warp_logits(logits, temperature, top_k, top_p)  # (n, L, V)
-            sampled = sample_from_probs(probs, generator)  # (n, L)
-            # confidence is the model's own log-probability of the draw, before temperature / top-k warping
-            confidence = logits.float().log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (n, L)
-            anneal = choice_temperature * (1 - (t + 1) / num_iter)
-            if anneal > 0:
-                u = torch.rand(n, L, generator=generator, device=generator.device if generator else device)
-                confidence = confidence + anneal * -torch.log(-torch.log(u.to(device).clamp(1e-20, 1 - 1e-7)))
-            confidence = confidence.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
-            still = masked.sum(1, keepdim=True)  # (n, 1), the same in every row
-            keep_masked = 0 if t == num_iter - 1 else min(masked_count(L, t, num_iter, schedule), int(still[0]) - 1)
-            keep_masked = max(keep_masked, 0)
-            ranks = confidence.argsort(1).argsort(1)  # (n, L): 0 = least confident
-            remask = ranks < keep_masked  # the least confident masked tokens stay masked
-            newly = masked & ~remask  # (n, L)
-            tokens = torch.where(newly, sampled, tokens)
-            fixed_at = torch.where(newly, torch.full_like(fixed_at, t), fixed_at)
-            masked_counts.append(keep_masked)
-            if return_trace:
-                snapshots.append(torch.where(tokens == self.mask_id, -1, tokens).cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            L = self.seq_len
+            tokens = torch.full((n, L), self.mask_id, dtype=torch.long, device=device)  # (n, L)
+            fixed_at = torch.full((n, L), -1, dtype=torch.long, device=device)
+            masked_counts, snapshots = [], []
+            for t in progress_bar(range(num_iter), progress, desc="MaskGIT passes"):
+                masked = tokens == self.mask_id  # (n, L)
+                logits = self(torch.cat([tokens, tokens]) if guided else tokens, labels)  # (rows, L, V)
+                if guided:
+                    logits = cfg_mix(logits[:n], logits[n:], cfg_scale)  # (n, L, V)
+                probs = warp_logits(logits, temperature, top_k, top_p)  # (n, L, V)
+                sampled = sample_from_probs(probs, generator)  # (n, L)
+                # confidence is the model's own log-probability of the draw, before temperature / top-k warping
+                confidence = logits.float().log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (n, L)
+                anneal = choice_temperature * (1 - (t + 1) / num_iter)
+                if anneal > 0:
+                    u = torch.rand(n, L, generator=generator, device=generator.device if generator else device)
+                    confidence = confidence + anneal * -torch.log(-torch.log(u.to(device).clamp(1e-20, 1 - 1e-7)))
+                confidence = confidence.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
+                still = masked.sum(1, keepdim=True)  # (n, 1), the same in every row
+                keep_masked = 0 if t == num_iter - 1 else min(masked_count(L, t, num_iter, schedule), int(still[0]) - 1)
+                keep_masked = max(keep_masked, 0)
+                ranks = confidence.argsort(1).argsort(1)  # (n, L): 0 = least confident
+                remask = ranks < keep_masked  # the least confident masked tokens stay masked
+                newly = masked & ~remask  # (n, L)
+                tokens = torch.where(newly, sampled, tokens)
+                fixed_at = torch.where(newly, torch.full_like(fixed_at, t), fixed_at)
+                masked_counts.append(keep_masked)
+                if return_trace:
+                    snapshots.append(torch.where(tokens == self.mask_id, -1, tokens).cpu())
         grid = tokens.view(n, self.grid, self.grid)
         out = grid if return_tokens else self.tokenizer.decode(grid)
         if not return_trace:

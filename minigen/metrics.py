@@ -1,5 +1,6 @@
 """Metrics shared by every paradigm: nats per image, bits per dimension, and sample quality for digits
-(a small CNN classifier's Frechet distance and class accuracy)."""
+(a small CNN classifier's Frechet distance and class accuracy), with the yardstick the benchmark scores
+every paradigm's samples by."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from minigen.data import check_images
-from minigen.train import to_device
+from minigen.data import check_images, data_dir, load_images, make_loader
+from minigen.train import pick_device, seed_everything, to_device, train_or_load
 
 
 def bits_per_dim(nll_nats, dims: int):
@@ -69,8 +70,6 @@ class DigitClassifier(nn.Module):
 
 def digit_classifier(dataset: str = "mnist-subset", steps: int = 2000, device=None, progress: bool = False):
     """The yardstick classifier for `dataset`, trained on its train split on first use and cached in data/."""
-    from minigen.data import data_dir, load_images, make_loader  # here: data imports nothing from metrics
-    from minigen.train import pick_device, seed_everything, train_or_load
     device = pick_device(device)
     seed_everything(0)
     model = DigitClassifier()
@@ -117,3 +116,65 @@ def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference
     if labels is not None:
         out["class_accuracy"] = float((preds == torch.as_tensor(labels).cpu()).float().mean())
     return out
+
+
+# --- the yardstick: every sample set scored against test digits of its own kind ------------------------
+
+CLASSIFIER_STEPS = {"smoke": 100, "cpu": 2000, "gpu": 2000}  # the yardstick classifier's training per preset
+
+
+def to_28(images: torch.Tensor) -> torch.Tensor:
+    """The classifier reads 28x28: smaller images (the 14x14 pixel transformer) are scaled up by repetition."""
+    return images if images.shape[-1] == 28 else F.interpolate(images.float(), size=(28, 28), mode="nearest")
+
+
+class Yardstick:
+    """The digit classifier and, per kind of data (grey or binarised, 28 or 14 pixels), the test split's
+    features; every sample set is scored against the test digits of its own kind."""
+
+    def __init__(self, preset_name: str, device=None):
+        if preset_name not in CLASSIFIER_STEPS:
+            raise ValueError(f"preset must be one of {sorted(CLASSIFIER_STEPS)}, got {preset_name!r}")
+        self.classifier = digit_classifier(steps=CLASSIFIER_STEPS[preset_name], device=device)
+        test = load_images("mnist-subset", "test")
+        feats, preds = classifier_outputs(self.classifier, test.images)
+        self.references = {"grey 28px": feats}  # the grey test digits' features, reused as that kind's reference
+        noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        self.report = {"classifier_test_accuracy": float((preds == test.labels).float().mean()),
+                       "noise_fid": sample_quality(self.classifier, noise, feats)["fid"], "floor_fid": {}}
+
+    def reference(self, data: dict) -> torch.Tensor:
+        """Test-split features for this kind of data (`load_images` arguments); its floor (500 training digits
+        of the same kind) recorded in the report."""
+        key = f"{'binarised' if data.get('binarize') else 'grey'} {data.get('size', 28)}px"
+        if key not in self.references:
+            test = load_images(split="test", **data)
+            self.references[key] = classifier_outputs(self.classifier, to_28(test.images))[0]
+        if key not in self.report["floor_fid"]:
+            train = load_images(split="train", **data)
+            self.report["floor_fid"][key] = sample_quality(self.classifier, to_28(train.images[::9][:500]),
+                                                           self.references[key])["fid"]
+        return self.references[key]
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None, data: dict) -> dict:
+        """Classifier FID against the test digits of this kind; class accuracy where labels were asked for."""
+        quality = sample_quality(self.classifier, to_28(images), self.reference(data), labels)
+        quality.pop("n")  # the report states the sample count once
+        return quality
+
+
+@torch.no_grad()
+def draw(sample_fn, n: int, n_classes: int, device, batch: int = 100) -> tuple:
+    """n samples from sample_fn(count, labels, generator) -> images, in chunks of `batch`, all from one seeded
+    generator; labels 0, 1, ... in turn (class-balanced), None for an unconditional model (n_classes 0).
+    Returns (images, labels)."""
+    if n < 1 or batch < 1 or n_classes < 0:
+        raise ValueError(f"need n >= 1, batch >= 1 and n_classes >= 0, got {n}, {batch}, {n_classes}")
+    labels = torch.arange(n) % n_classes if n_classes else None
+    generator = torch.Generator().manual_seed(0)
+    images = []
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        chunk = labels[start:start + count].to(device) if labels is not None else None
+        images.append(sample_fn(count, chunk, generator).float().cpu())
+    return torch.cat(images), labels

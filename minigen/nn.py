@@ -7,6 +7,7 @@ output head and chooses a mask: causal (raster GPT), block-causal (VAR scales) o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -250,7 +251,7 @@ class ClassEmbedding(nn.Module):
         if labels is None:  # unconditional: everyone gets the null class
             labels = torch.full((batch,), self.null_id, dtype=torch.long, device=self.embed.weight.device)
         else:
-            labels = check_labels(labels, self.n_classes, allow_null=True).to(self.embed.weight.device)
+            labels = check_labels(labels, self.n_classes, batch, allow_null=True).to(self.embed.weight.device)
             if self.training and self.drop_prob > 0:
                 drop = torch.rand(labels.shape, device=labels.device) < self.drop_prob
                 labels = torch.where(drop, torch.full_like(labels, self.null_id), labels)
@@ -266,6 +267,9 @@ class ClassEmbedding(nn.Module):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if labels is None:
+            if cfg_scale != 1.0:
+                raise ValueError(f"classifier-free guidance (cfg_scale={cfg_scale}) needs class labels; "
+                                 "pass labels or leave cfg_scale at 1")
             return None, False
         device = self.embed.weight.device
         labels = check_labels(labels, self.n_classes, n).to(device)
@@ -287,7 +291,7 @@ def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool 
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
     if n is not None and labels.numel() != n:
-        raise ValueError(f"labels has {labels.numel()} entries but n={n} samples were asked for")
+        raise ValueError(f"labels has {labels.numel()} entries for {n} images (one label per image)")
     hi = n_classes + 1 if allow_null else n_classes
     if labels.numel() and (labels.min() < 0 or labels.max() >= hi):
         raise ValueError(f"labels must lie in [0, {n_classes}), got min {int(labels.min())}, max {int(labels.max())}")
@@ -360,3 +364,18 @@ def progress_bar(iterable, progress: bool = True, **kwargs):
     """tqdm.auto over iterable (a sampler's passes, a training loop); progress=False hides it,
     otherwise TQDM_DISABLE=1 still can."""
     return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
+
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """A block in which `modules` run in eval mode (no dropout, no training-time updates); each gets its
+    own mode back afterwards, even on an error. Anything that is not an nn.Module is ignored."""
+    modules = [m for m in modules if isinstance(m, nn.Module)]
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)

@@ -1,34 +1,61 @@
 """Names the CLI, the benchmark and checkpoints use for minigen's models.
 
-Each entry names a module, a model class (with a `Config` dataclass), a presets dict
-(smoke / cpu / gpu: config overrides, steps, batch size, learning rate, optional EMA decay) and a data dict
-(arguments for `minigen.data.load_images`). A module whose data are not images (AR-Net)
-has data None and provides `cli_train(...)` for the CLI instead. A module whose models sit on a
-tokenizer (token_ar) names it in `TOKENIZER`; the CLI trains or reuses that one first.
-Registering a paradigm is one line in `MODELS` below.
+Each entry names a module, a model class (with a `Config` dataclass), a presets dict (smoke / cpu / gpu: config
+overrides, steps, batch size, learning rate, optional EMA decay), a data dict (arguments for
+`minigen.data.load_images`, None for a model that is not trained on images) and the model's kind:
+
+- "generator": draws images with `sample(n, labels, ...)`;
+- "tokenizer": encodes and decodes images (`evaluate`, `reconstruct`), the ground a token model stands on;
+- "series": a time-series model (AR-Net), trained by the CLI on a generated AR process.
+
+A module whose models sit on a tokenizer (token_ar) names it in `TOKENIZER`; the CLI trains or reuses that one
+first. Registering a paradigm is one line in `MODELS` below.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from dataclasses import dataclass
 
-from minigen.train import CheckpointError, load_weights, pick_device, read_checkpoint
+import torch.nn as nn
 
-# CLI name -> (module, class, presets attribute, data attribute)
+from minigen.train import CheckpointError, load_weights, model_key, pick_device, read_checkpoint
+
+KINDS = ("generator", "tokenizer", "series")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a registered model lives and what kind of model it is."""
+
+    module: str  # the module that defines the class, its data (`data`) and its TOKENIZER
+    class_name: str  # the model class, with a `Config` dataclass
+    kind: str  # one of KINDS
+    presets: str = "PRESETS"  # the attribute holding the smoke / cpu / gpu recipes
+    data: str = "DATA"  # the attribute holding the `load_images` arguments (None: not images)
+    presets_module: str | None = None  # where the presets live when not in `module`
+
+    @property
+    def key(self) -> str:
+        """The model key its checkpoints carry ('module.Class')."""
+        return f"{self.module}.{self.class_name}"
+
+
 MODELS = {
-    "pixelgpt": ("minigen.pixel_ar", "PixelGPT", "GPT_PRESETS", "GPT_DATA"),
-    "pixelcnn": ("minigen.pixel_ar", "GatedPixelCNN", "PRESETS", "DATA"),
-    "vq": ("minigen.tokenizers", "VQVAE", "PRESETS", "DATA"),
-    "token": ("minigen.token_ar", "TokenGPT", "PRESETS", "DATA"),
-    "maskgit": ("minigen.masked_ar", "MaskGIT", "PRESETS", "DATA"),
-    "msvq": ("minigen.tokenizers", "MultiScaleVQ", "MSVQ_PRESETS", "DATA"),
-    "var": ("minigen.scale_ar", "VAR", "PRESETS", "DATA"),
-    "ae": ("minigen.tokenizers", "ContinuousAE", "AE_PRESETS", "DATA"),  # MAR's continuous tokenizer
-    "mar": ("minigen.diffusion_ar", "MAR", "PRESETS", "DATA"),
-    "draft": ("minigen.speculative", "TokenGPT", "DRAFT_PRESETS", "DATA"),  # the small draft GPT of notebook 07
-    "arnet": ("minigen.arnet", "ARNet", "PRESETS", "DATA"),
+    "pixelgpt": Entry("minigen.pixel_ar", "PixelGPT", "generator", presets="GPT_PRESETS", data="GPT_DATA"),
+    "pixelcnn": Entry("minigen.pixel_ar", "GatedPixelCNN", "generator"),
+    "vq": Entry("minigen.tokenizers", "VQVAE", "tokenizer"),
+    "token": Entry("minigen.token_ar", "TokenGPT", "generator"),
+    "maskgit": Entry("minigen.masked_ar", "MaskGIT", "generator"),
+    "msvq": Entry("minigen.tokenizers", "MultiScaleVQ", "tokenizer", presets="MSVQ_PRESETS"),
+    "var": Entry("minigen.scale_ar", "VAR", "generator"),
+    "ae": Entry("minigen.tokenizers", "ContinuousAE", "tokenizer", presets="AE_PRESETS"),  # MAR's continuous tokenizer
+    "mar": Entry("minigen.diffusion_ar", "MAR", "generator"),
+    # the small draft GPT of notebook 07: a TokenGPT on the same data, with speculative decoding's presets
+    "draft": Entry("minigen.token_ar", "TokenGPT", "generator", presets="DRAFT_PRESETS",
+                   presets_module="minigen.speculative"),
+    "arnet": Entry("minigen.arnet", "ARNet", "series"),
 }
-
 
 ALIASES = {"pixel": "pixelcnn"}  # older names that still work
 
@@ -45,30 +72,44 @@ def resolve(name: str) -> str:
     return name
 
 
+def kind(name: str) -> str:
+    """What the registered model `name` is: "generator", "tokenizer" or "series"."""
+    return MODELS[resolve(name)].kind
+
+
+def kind_of(model: nn.Module) -> str:
+    """The kind of a model object, found by its class key (as in its checkpoints)."""
+    key = model_key(model)
+    for entry in MODELS.values():
+        if entry.key == key:
+            return entry.kind
+    raise ValueError(f"{key} is not a registered minigen model")
+
+
 def _module(name: str):
-    return importlib.import_module(MODELS[resolve(name)][0])
+    return importlib.import_module(MODELS[resolve(name)].module)
 
 
 def model_class(key: str):
     """The class for a checkpoint's model key ('module.Class'); only registered classes load."""
-    for module_name, class_name, *_ in MODELS.values():
-        if key == f"{module_name}.{class_name}":
-            return getattr(importlib.import_module(module_name), class_name)
+    for entry in MODELS.values():
+        if key == entry.key:
+            return getattr(importlib.import_module(entry.module), entry.class_name)
     raise ValueError(f"checkpoint model {key!r} is not a registered minigen model")
 
 
 def data_spec(name: str) -> dict | None:
     """The `load_images` arguments of the data `name` trains on (None for non-image models)."""
-    module = _module(name)
-    data = getattr(module, MODELS[resolve(name)][3])
+    data = getattr(_module(name), MODELS[resolve(name)].data)
     return dict(data) if data is not None else None
 
 
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
+    entry = MODELS[resolve(name)]
     module = _module(name)
-    _, class_name, presets_attr, _ = MODELS[resolve(name)]
-    cls, presets = getattr(module, class_name), getattr(module, presets_attr)
+    cls = getattr(module, entry.class_name)
+    presets = getattr(importlib.import_module(entry.presets_module or entry.module), entry.presets)
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
     spec = presets[preset]
@@ -92,10 +133,9 @@ def load_model(path, device=None, prefer_ema: bool = True):
         cls = model_class(state["model"])
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from err
-    try:
-        config = cls.Config(**state["config"])
+    try:  # a config the class does not take, or one its model cannot be built from (n_embd % n_head != 0)
+        model = cls(cls.Config(**state["config"]))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its config does not fit {state['model']}: {err}") from err
-    model = cls(config)
     load_weights(model, state, prefer_ema, path)
     return model.to(pick_device(device)).eval()

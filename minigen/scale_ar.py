@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from minigen import token_ar
 from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, cfg_mix, check_sampling_args,
-                        progress_bar, sample_logits)
+                        eval_mode, progress_bar, sample_logits)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, OnTokenizer
 
@@ -112,27 +112,25 @@ class VAR(OnTokenizer, nn.Module):
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)
         rows, K = (2 * n if guided else n), len(self.scales)
-        was_training = self.training
-        self.eval()
-        cache = self.transformer.new_cache(rows) if use_cache else None
-        f_hat, codes, inputs, frames = 0, [], [], []
-        for k in progress_bar(range(K), progress, desc="scales"):
-            x = self.embed_scale(k, labels, f_hat, rows)  # (rows, s_k^2, C)
-            if cache is not None:
-                hidden = self.transformer(x, mask=self.mask, cache=cache)  # (rows, s_k^2, C)
-            else:
-                inputs.append(x)
-                hidden = self.transformer(torch.cat(inputs, 1), mask=self.mask)[:, -x.shape[1]:]
-            logits = self.head(hidden)  # (rows, s_k^2, V)
-            if guided:
-                logits = cfg_mix(logits[:n], logits[n:], 1 + (cfg_scale - 1) * k / max(1, K - 1))
-            idx = sample_logits(logits, temperature, top_k, top_p, generator).view(n, self.scales[k], -1)
-            codes.append(idx)
-            contribution = self.tokenizer.scale_vectors(idx, k)  # (n, D, g, g)
-            f_hat = f_hat + (torch.cat([contribution, contribution]) if guided else contribution)
-            if return_trace:
-                frames.append(self.tokenizer.decode(codes).cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            cache = self.transformer.new_cache(rows) if use_cache else None
+            f_hat, codes, inputs, frames = 0, [], [], []
+            for k in progress_bar(range(K), progress, desc="scales"):
+                x = self.embed_scale(k, labels, f_hat, rows)  # (rows, s_k^2, C)
+                if cache is not None:
+                    hidden = self.transformer(x, mask=self.mask, cache=cache)  # (rows, s_k^2, C)
+                else:
+                    inputs.append(x)
+                    hidden = self.transformer(torch.cat(inputs, 1), mask=self.mask)[:, -x.shape[1]:]
+                logits = self.head(hidden)  # (rows, s_k^2, V)
+                if guided:
+                    logits = cfg_mix(logits[:n], logits[n:], 1 + (cfg_scale - 1) * k / max(1, K - 1))
+                idx = sample_logits(logits, temperature, top_k, top_p, generator).view(n, self.scales[k], -1)
+                codes.append(idx)
+                contribution = self.tokenizer.scale_vectors(idx, k)  # (n, D, g, g)
+                f_hat = f_hat + (torch.cat([contribution, contribution]) if guided else contribution)
+                if return_trace:
+                    frames.append(self.tokenizer.decode(codes).cpu())
         out = torch.cat([c.flatten(1) for c in codes], 1) if return_tokens else self.tokenizer.decode(codes)
         if return_trace:
             return out, {"frames": torch.stack(frames), "codes": [c.cpu() for c in codes], "passes": K}

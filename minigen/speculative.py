@@ -8,10 +8,12 @@ distributed exactly as the target p (LANTERN knowingly bends p, within a total-v
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from minigen.nn import sample_from_probs
-from minigen.token_ar import DATA, TokenGPT
+from minigen.nn import cfg_mix, check_sampling_args, eval_mode, sample_from_probs, warp_logits
+from minigen.pixel_ar import RasterGPT
 
 # the draft model is a much smaller TokenGPT on the target's tokenizer (`python -m minigen train draft`)
 DRAFT_PRESETS = {
@@ -20,9 +22,9 @@ DRAFT_PRESETS = {
     "gpu": dict(config=dict(n_layer=2, n_head=4, n_embd=128), steps=4000, batch_size=128, lr=1e-3, ema=0.999),
 }
 TOKENIZER = "vq"
-__all__ = ["Dice", "verify", "verify_candidates", "residual", "speculative_sample", "jacobi_sample", "lantern_sample",
+__all__ = ["Dice", "Verdict", "CandidateVerdict", "verify", "verify_candidates", "residual", "speculative_sample", "jacobi_sample", "lantern_sample",
            "multi_draft_sample", "codebook_neighbours", "relaxed_distribution", "expected_tokens_per_pass",
-           "DRAFT_PRESETS", "DATA", "TokenGPT"]
+           "Decoder", "DRAFT_PRESETS"]
 
 
 class Dice:
@@ -42,10 +44,80 @@ class Dice:
         return sample_from_probs(probs, self.generator)
 
 
+class Decoder:
+    """Next-token distributions of a RasterGPT for `rows` sequences, fed a few tokens at a time: the
+    incremental form of RasterGPT.sample_tokens that drafting and verification need.
+
+    `feed(tokens)` appends tokens (rows, k) and returns the warped distribution of the token after each,
+    (rows, k, V); the first call also runs the class token and returns k + 1 of them. `truncate(n)` forgets
+    all but the first n generated tokens (speculative decoding's rollback); `reorder(index)` copies rows.
+    Guidance (an unconditional copy of every row, logits mixed), temperature, top-k and top-p are applied
+    here, so every sampler that uses a Decoder warps alike. With use_cache=False each feed recomputes the
+    whole prefix instead of reading the KV cache (same distributions, the reference for the cache).
+    """
+
+    def __init__(self, model: RasterGPT, rows: int, labels=None, *, temperature=1.0, top_k=None, top_p=None,
+                 cfg_scale=1.0, use_cache: bool = True):
+        check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        self.model, self.rows = model, rows
+        self.labels, self.guided = model.class_emb.sampling_labels(rows, labels, cfg_scale)
+        self.warp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.cfg_scale = cfg_scale
+        self.seq_len, self.vocab_size = model.seq_len, model.vocab_size
+        batch = 2 * rows if self.guided else rows
+        self.cache = model.transformer.new_cache(batch) if use_cache else None
+        self.seen = torch.zeros(batch, 0, dtype=torch.long, device=model.head.weight.device)  # without a cache
+        self.started = False
+        self.dtype = torch.float64 if model.head.weight.dtype == torch.float64 else torch.float32  # of the output
+        self.passes = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.seen.device
+
+    @property
+    def length(self) -> int:
+        """Generated tokens the decoder has seen (the class token not counted)."""
+        return max(self.cache.length - 1, 0) if self.cache is not None else self.seen.shape[1]
+
+    @torch.no_grad()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.started and tokens.shape[1] == 0:
+            raise ValueError("feed needs at least one token after the first call")
+        if self.guided:
+            tokens = torch.cat([tokens, tokens])  # conditional rows, then unconditional ones
+        new = tokens.shape[1] + (0 if self.started else 1)  # positions whose outputs are returned
+        if self.cache is None:  # recompute the whole prefix
+            self.seen = torch.cat([self.seen, tokens], 1)
+            hidden = self.model.transformer(self.model.embed(self.seen, self.labels), mask="causal")
+        else:
+            emb = self.model.token_emb(tokens) if self.started else self.model.embed(tokens, self.labels)
+            hidden = self.model.transformer(emb, mask="causal", cache=self.cache)
+        logits = self.model.head(hidden[:, -new:])  # (rows', new, V)
+        if self.guided:
+            logits = cfg_mix(logits[:self.rows], logits[self.rows:], self.cfg_scale)  # (rows, new, V)
+        self.started, self.passes = True, self.passes + 1
+        return warp_logits(logits, **self.warp)  # (rows, new, V)
+
+    def truncate(self, length: int):
+        if self.cache is None:
+            self.seen = self.seen[:, :length]
+        else:
+            self.cache.truncate(min(self.cache.length, length + 1))
+
+    def reorder(self, index: torch.Tensor):
+        index = torch.cat([index, index + self.rows]) if self.guided else index
+        if self.cache is None:
+            self.seen = self.seen[index]
+        else:
+            self.cache.reorder(index)
+
+
 def make_decoder(model, rows: int, labels, sampling: dict):
-    """The model's incremental decoder (token_ar.Decoder for a RasterGPT), in eval mode: dropout would
-    make p differ from pass to pass. The exactness tests pass probability tables with the same interface."""
-    model.eval()
+    """A Decoder over a RasterGPT (the samplers run it in eval mode: dropout would make p differ from pass
+    to pass). The exactness tests pass probability tables that bring a decoder with the same interface."""
+    if isinstance(model, RasterGPT):
+        return Decoder(model, rows, labels, **sampling)
     return model.decoder(rows, labels, **sampling)
 
 
@@ -59,16 +131,31 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, left / mass.clamp(min=torch.finfo(p.dtype).tiny), p)
 
 
-def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, dice: Dice, p_at_drafts=None):
+class Verdict(NamedTuple):
+    """What verify decided for B rows of g guesses."""
+    accepted: torch.Tensor  # (B,) guesses kept before the first rejection
+    next_token: torch.Tensor  # (B,) the correction (or bonus token) after them; -1 where the sequence is complete
+    tested: torch.Tensor  # (B, g) bool: the accept/reject decisions that counted
+    alpha: torch.Tensor  # (B, g) sum_x min(p, q): the probability each guess had of being kept
+
+
+class CandidateVerdict(NamedTuple):
+    """What verify_candidates decided for one image's drafts."""
+    row: int  # a draft row consistent with everything kept
+    accepted: int  # guesses kept
+    next_token: int  # the correction or bonus token after them; -1 where the sequence is complete
+    tested: torch.Tensor  # (g,) bool
+    alpha: torch.Tensor  # (g,)
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, dice: Dice, p_at_drafts=None) -> Verdict:
     """Speculative verification of rows of g guesses.
 
     p (B, g + 1, V): the target's distributions at the g guessed positions and the one after (or (B, g, V)
     at the end of the sequence: no bonus token); q (B, g, V): the distributions the guesses were drawn from;
     drafts (B, g). Guess i is kept with probability min(1, p_i(x_i) / q_i(x_i)) (p_at_drafts replaces
-    p_i(x_i) in relaxed acceptance). Returns (accepted (B,), next_token (B,), tested (B, g) bool,
-    alpha (B, g)): next_token is drawn from norm(max(0, p - q)) at the first rejection, or from p[:, g]
-    when all g were kept (-1 where there is no position left); tested marks the decisions actually used;
-    alpha = sum_x min(p, q), the probability each guess had of being kept.
+    p_i(x_i) in relaxed acceptance). Returns a Verdict: next_token is drawn from norm(max(0, p - q)) at the
+    first rejection, or from p[:, g] when all g were kept (-1 where there is no position left).
     """
     B, g = drafts.shape
     q_x = q.gather(-1, drafts[..., None])[..., 0]  # (B, g)
@@ -86,7 +173,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, dice: Dice, p
         nxt = torch.where(accepted == g, torch.full_like(nxt, -1), nxt)
     tested = torch.arange(g, device=p.device)[None] <= accepted[:, None]  # (B, g)
     alpha = torch.minimum(p[:, :g], q).sum(-1)  # (B, g)
-    return accepted, nxt, tested, alpha
+    return Verdict(accepted, nxt, tested, alpha)
 
 
 class Trace:
@@ -174,26 +261,27 @@ def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-    tgt, drf = make_decoder(target, n, labels, sampling), make_decoder(draft, n, labels, sampling)
-    if (tgt.seq_len, tgt.vocab_size) != (drf.seq_len, drf.vocab_size):
-        raise ValueError(f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
-                         f"vs {(drf.seq_len, drf.vocab_size)}")
-    dice = dice or Dice(generator)
-    tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
-    trace = Trace(n, tgt.seq_len)
-    while tokens.shape[1] < tgt.seq_len:
-        n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
-        guesses, q = draft_tokens(drf, tokens, g, dice)  # (n, g), (n, g, V)
-        p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-        p_at = None if relax is None else relaxed_distribution(p[:, :g], guesses, *relax).gather(
-            -1, guesses[..., None])[..., 0]
-        accepted, nxt, tested, alpha = verify(p, q, guesses, dice, p_at)
-        tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
-        tgt.truncate(n0 + m)  # the kept guesses were fed with the right prefix: their cache entries stay
-        drf.truncate(n0 + m)
-        trace.record(n0, g, m, from_guess, tested, accepted, alpha)
-    return tokens, trace.as_dict(tgt.passes, drf.passes)
+    with eval_mode(target, draft):
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        tgt, drf = make_decoder(target, n, labels, sampling), make_decoder(draft, n, labels, sampling)
+        if (tgt.seq_len, tgt.vocab_size) != (drf.seq_len, drf.vocab_size):
+            raise ValueError(f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
+                             f"vs {(drf.seq_len, drf.vocab_size)}")
+        dice = dice or Dice(generator)
+        tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
+        trace = Trace(n, tgt.seq_len)
+        while tokens.shape[1] < tgt.seq_len:
+            n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
+            guesses, q = draft_tokens(drf, tokens, g, dice)  # (n, g), (n, g, V)
+            p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
+            p_at = None if relax is None else relaxed_distribution(p[:, :g], guesses, *relax).gather(
+                -1, guesses[..., None])[..., 0]
+            accepted, nxt, tested, alpha = verify(p, q, guesses, dice, p_at)
+            tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
+            tgt.truncate(n0 + m)  # the kept guesses were fed with the right prefix: their cache entries stay
+            drf.truncate(n0 + m)
+            trace.record(n0, g, m, from_guess, tested, accepted, alpha)
+        return tokens, trace.as_dict(tgt.passes, drf.passes)
 
 
 # --- relaxed acceptance (LANTERN) ----------------------------------------------------
@@ -210,12 +298,14 @@ def codebook_neighbours(codebook: torch.Tensor, k: int) -> torch.Tensor:
 def relaxed_distribution(p: torch.Tensor, tokens: torch.Tensor, neighbours: torch.Tensor, delta: float):
     """LANTERN's relaxed target for a guessed token x: p with the mass of x's nearest codes moved onto x,
     nearest first, as long as the moved mass stays <= delta. p (..., V), tokens (...) -> p~ (..., V);
-    TV(p~, p) = moved mass <= delta, and delta = 0 gives p back."""
+    TV(p~, p) = moved mass <= delta, and delta = 0 gives p back. A token the (warped) target rules out,
+    p(x) = 0 (e.g. outside its top-k), gets nothing: relaxation may bend p, never widen its support."""
     if not 0 <= delta <= 1:
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
     near = neighbours.to(p.device)[tokens]  # (..., k)
     near_mass = p.gather(-1, near)  # (..., k)
-    take = near_mass.cumsum(-1) <= delta  # a prefix: the cumulative mass only grows
+    allowed = p.gather(-1, tokens[..., None]) > 0  # (..., 1)
+    take = (near_mass.cumsum(-1) <= delta) & allowed  # a prefix: the cumulative mass only grows
     moved = (near_mass * take).sum(-1, keepdim=True)  # (..., 1)
     relaxed = p.scatter(-1, near, near_mass * ~take)  # neighbours that were taken lose their mass
     return relaxed.scatter_add(-1, tokens[..., None], moved)
@@ -231,6 +321,14 @@ def lantern_sample(target, draft, n: int = 1, labels=None, *, delta: float = 0.1
     neighbours (V, k) defaults to the target tokenizer's codebook."""
     if neighbours is None:
         neighbours = codebook_neighbours(target.tokenizer.quantizer.codebook.weight, neighbours_k)
+    neighbours = torch.as_tensor(neighbours)
+    V = target.vocab_size
+    if neighbours.dim() != 2 or neighbours.shape[0] != V or neighbours.dtype.is_floating_point:
+        raise ValueError(f"neighbours must be integer code ids of shape ({V}, k), got {tuple(neighbours.shape)} "
+                         f"{neighbours.dtype}")
+    if neighbours.numel() and (int(neighbours.min()) < 0 or int(neighbours.max()) >= V):
+        raise ValueError(f"neighbours must hold code ids in [0, {V}), got min {int(neighbours.min())}, "
+                         f"max {int(neighbours.max())}")
     return speculative_sample(target, draft, n, labels, relax=(neighbours, delta), **kwargs)
 
 
@@ -260,40 +358,41 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
         raise ValueError(f"init must be 'random', 'left' or 'above', got {init!r}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
-    tgt = make_decoder(target, n, labels, dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale))
-    L, V = tgt.seq_len, tgt.vocab_size
-    grid = int(round(L ** 0.5))
-    dice = dice or Dice(generator)
-    tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
-    guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=tgt.device)  # (n, w), (n, w, V)
-    trace = Trace(n, L)
-    while tokens.shape[1] < L:
-        n0, g = tokens.shape[1], min(window, L - tokens.shape[1])
-        while guesses.shape[1] < g:  # top up the window
-            x, qx = _initial_guess(init, torch.cat([tokens, guesses], 1), n0 + guesses.shape[1], grid, V, dice,
-                                   tgt.dtype)
-            guesses = torch.cat([guesses, x[:, None]], 1)
-            q = torch.cat([q, qx[:, None]], 1)
-        p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-        accepted, nxt, tested, alpha = verify(p, q, guesses, dice)
-        tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
-        tgt.truncate(n0 + m)
-        trace.record(n0, g, m, from_guess, tested, accepted, alpha)
-        # guesses after the committed ones are redrawn from this pass (conditioned on stale guesses: still a
-        # valid q, because they are drawn from it)
-        rest = p[:, m + 1:g]  # (n, g - m - 1, V)
-        guesses = dice.categorical(rest) if rest.shape[1] else tokens[:, :0]
-        q = rest
-    return tokens, trace.as_dict(tgt.passes, 0)
+    with eval_mode(target):
+        tgt = make_decoder(target, n, labels, dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale))
+        L, V = tgt.seq_len, tgt.vocab_size
+        grid = int(round(L ** 0.5))
+        dice = dice or Dice(generator)
+        tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
+        guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=tgt.device)  # (n, w), (n, w, V)
+        trace = Trace(n, L)
+        while tokens.shape[1] < L:
+            n0, g = tokens.shape[1], min(window, L - tokens.shape[1])
+            while guesses.shape[1] < g:  # top up the window
+                x, qx = _initial_guess(init, torch.cat([tokens, guesses], 1), n0 + guesses.shape[1], grid, V, dice,
+                                       tgt.dtype)
+                guesses = torch.cat([guesses, x[:, None]], 1)
+                q = torch.cat([q, qx[:, None]], 1)
+            p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
+            accepted, nxt, tested, alpha = verify(p, q, guesses, dice)
+            tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
+            tgt.truncate(n0 + m)
+            trace.record(n0, g, m, from_guess, tested, accepted, alpha)
+            # guesses after the committed ones are redrawn from this pass (conditioned on stale guesses: still a
+            # valid q, because they are drawn from it)
+            rest = p[:, m + 1:g]  # (n, g - m - 1, V)
+            guesses = dice.categorical(rest) if rest.shape[1] else tokens[:, :0]
+            q = rest
+        return tokens, trace.as_dict(tgt.passes, 0)
 
 
 # --- multi-draft: k guesses per position, recursive rejection sampling -----------------
 
-def verify_candidates(p, q, guesses, alive: list, dice: Dice):
+def verify_candidates(p, q, guesses, alive: list, dice: Dice) -> CandidateVerdict:
     """Verify one image's drafts (rows `alive` of guesses (R, g), p (R, g + 1, V), q (R, g, V)) position by
     position: the candidates still consistent with the kept prefix share p and q there and are tried in turn,
     candidate j kept with probability min(1, r_j(x)/q(x)), r_1 = p, r_(j+1) = norm(max(0, r_j - q)).
-    Returns (a surviving row, guesses kept, next token or -1, tested (g,) bool, alpha (g,))."""
+    Returns a CandidateVerdict."""
     g = guesses.shape[1]
     depth, follow = 0, -1
     tested, alpha = torch.zeros(g, dtype=torch.bool), torch.zeros(g)
@@ -308,12 +407,12 @@ def verify_candidates(p, q, guesses, alive: list, dice: Dice):
                 break
             r = residual(r, qd)
         if kept is None:  # every candidate rejected: the correction comes from what is left of p
-            return alive[0], depth, int(dice.categorical(r)), tested, alpha
+            return CandidateVerdict(alive[0], depth, int(dice.categorical(r)), tested, alpha)
         alive = [j for j in alive if guesses[j, depth] == kept]
         depth += 1
     if p.shape[1] > g:  # all kept: a bonus token, unless the sequence is complete
         follow = int(dice.categorical(p[alive[0], g]))
-    return alive[0], depth, follow, tested, alpha
+    return CandidateVerdict(alive[0], depth, follow, tested, alpha)
 
 
 @torch.no_grad()
@@ -328,26 +427,27 @@ def multi_draft_sample(target, draft, n: int = 1, labels=None, *, drafts: int = 
     k = drafts
     row_labels = None if labels is None else torch.as_tensor(labels).reshape(-1).repeat_interleave(k)
     if row_labels is not None and row_labels.numel() != n * k:
-        raise ValueError(f"labels has {row_labels.numel() // k} entries but n={n} samples were asked for")
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-    tgt, drf = make_decoder(target, n * k, row_labels, sampling), make_decoder(draft, n * k, row_labels, sampling)
-    dice = dice or Dice(generator)
-    rows = torch.zeros(n * k, 0, dtype=torch.long, device=tgt.device)  # every draft row holds the prefix
-    trace = Trace(n, tgt.seq_len)
-    while rows.shape[1] < tgt.seq_len:
-        n0, g = rows.shape[1], min(gamma, tgt.seq_len - rows.shape[1])
-        guesses, q = draft_tokens(drf, rows, g, dice)  # (n k, g), (n k, g, V)
-        p = _target_pass(tgt, rows, guesses)  # (n k, g + 1, V)
-        keep_row, accepted, nxt, tested, alpha = zip(*[
-            verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)])
-        keep_row = torch.tensor(keep_row, device=rows.device)
-        chosen = guesses[keep_row]  # (n, g): the guesses of a surviving draft of every image
-        accepted, nxt = torch.tensor(accepted, device=rows.device), torch.tensor(nxt, device=rows.device)
-        prefix, m, from_guess = _commit(rows[::k], chosen, accepted, nxt)
-        index = keep_row.repeat_interleave(k)  # every draft row continues from the surviving one
-        for dec in (tgt, drf):
-            dec.reorder(index)
-            dec.truncate(n0 + m)
-        rows = prefix.repeat_interleave(k, 0)
-        trace.record(n0, g, m, from_guess, torch.stack(tested), accepted, torch.stack(alpha))
-    return rows[::k], trace.as_dict(tgt.passes, drf.passes)
+        raise ValueError(f"labels has {row_labels.numel() // k} entries for {n} images (one label per image)")
+    with eval_mode(target, draft):
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        tgt, drf = make_decoder(target, n * k, row_labels, sampling), make_decoder(draft, n * k, row_labels, sampling)
+        dice = dice or Dice(generator)
+        rows = torch.zeros(n * k, 0, dtype=torch.long, device=tgt.device)  # every draft row holds the prefix
+        trace = Trace(n, tgt.seq_len)
+        while rows.shape[1] < tgt.seq_len:
+            n0, g = rows.shape[1], min(gamma, tgt.seq_len - rows.shape[1])
+            guesses, q = draft_tokens(drf, rows, g, dice)  # (n k, g), (n k, g, V)
+            p = _target_pass(tgt, rows, guesses)  # (n k, g + 1, V)
+            keep_row, accepted, nxt, tested, alpha = zip(*[
+                verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)])
+            keep_row = torch.tensor(keep_row, device=rows.device)
+            chosen = guesses[keep_row]  # (n, g): the guesses of a surviving draft of every image
+            accepted, nxt = torch.tensor(accepted, device=rows.device), torch.tensor(nxt, device=rows.device)
+            prefix, m, from_guess = _commit(rows[::k], chosen, accepted, nxt)
+            index = keep_row.repeat_interleave(k)  # every draft row continues from the surviving one
+            for dec in (tgt, drf):
+                dec.reorder(index)
+                dec.truncate(n0 + m)
+            rows = prefix.repeat_interleave(k, 0)
+            trace.record(n0, g, m, from_guess, torch.stack(tested), accepted, torch.stack(alpha))
+        return rows[::k], trace.as_dict(tgt.passes, drf.passes)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigen.data import check_images
+from minigen.nn import eval_mode
 
 
 @dataclass
@@ -265,16 +266,14 @@ class VQVAE(ImageTokenizer):
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
         """Reconstruction MSE per pixel and codebook usage on a set of images (N, 1, H, W)."""
-        was_training = self.training
-        self.eval()
-        device = self.quantizer.codebook.weight.device
-        codes, sq_err = [], 0.0
-        for chunk in images.split(batch_size):
-            chunk = chunk.to(device)
-            tok = self.encode(chunk)
-            sq_err += float((self.decode(tok) - chunk).square().sum())
-            codes.append(tok.cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            device = self.quantizer.codebook.weight.device
+            codes, sq_err = [], 0.0
+            for chunk in images.split(batch_size):
+                chunk = chunk.to(device)
+                tok = self.encode(chunk)
+                sq_err += float((self.decode(tok) - chunk).square().sum())
+                codes.append(tok.cpu())
         usage = codebook_usage(torch.cat(codes), self.config.n_codes)
         return {"mse": sq_err / images.numel(), "perplexity": usage["perplexity"],
                 "used_fraction": usage["used_fraction"], "counts": usage["counts"],
@@ -391,18 +390,16 @@ class MultiScaleVQ(VQVAE):
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
         """Reconstruction MSE per pixel after each scale, and usage of the shared codebook."""
-        was_training = self.training
-        self.eval()
-        device = self.quantizer.codebook.weight.device
-        sq = torch.zeros(len(self.config.scales))
-        codes = []
-        for chunk in images.split(batch_size):
-            chunk = chunk.to(device)
-            per_scale = self.encode(chunk)
-            for k in range(len(per_scale)):
-                sq[k] += float((self.decode(per_scale[: k + 1]) - chunk).square().sum())
-            codes.append(torch.cat([c.flatten(1) for c in per_scale], 1).cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            device = self.quantizer.codebook.weight.device
+            sq = torch.zeros(len(self.config.scales))
+            codes = []
+            for chunk in images.split(batch_size):
+                chunk = chunk.to(device)
+                per_scale = self.encode(chunk)
+                for k in range(len(per_scale)):
+                    sq[k] += float((self.decode(per_scale[: k + 1]) - chunk).square().sum())
+                codes.append(torch.cat([c.flatten(1) for c in per_scale], 1).cpu())
         usage = codebook_usage(torch.cat(codes), self.config.n_codes)
         mse = (sq / images.numel()).tolist()
         return {"mse": mse[-1], "mse_per_scale": mse, "perplexity": usage["perplexity"],
@@ -495,15 +492,13 @@ class ContinuousAE(ImageTokenizer):
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int = 500) -> dict:
         """Reconstruction MSE per pixel, and the mean and std of the tokens (should be near 0 and 1)."""
-        was_training = self.training
-        self.eval()
-        sq_err, tokens = 0.0, []
-        for chunk in images.split(batch_size):
-            chunk = chunk.to(self.latent_std.device)
-            tok = self.encode(chunk)
-            sq_err += float((self.decode(tok) - chunk).square().sum())
-            tokens.append(tok.cpu())
-        self.train(was_training)
+        with eval_mode(self):
+            sq_err, tokens = 0.0, []
+            for chunk in images.split(batch_size):
+                chunk = chunk.to(self.latent_std.device)
+                tok = self.encode(chunk)
+                sq_err += float((self.decode(tok) - chunk).square().sum())
+                tokens.append(tok.cpu())
         tokens = torch.cat(tokens)
         return {"mse": sq_err / images.numel(), "token_mean": float(tokens.mean()), "token_std": float(tokens.std())}
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from minigen.nn import progress_bar
+from minigen.nn import eval_mode, progress_bar
 
 CHECKPOINT_FORMAT = "minigen-checkpoint-v1"
 PRESETS = ("smoke", "cpu", "gpu")
@@ -131,8 +131,12 @@ def save_checkpoint(path, model: nn.Module, *, step: int = 0, optimizer=None, em
         "extra": extra or {},
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise
 
 
 def read_checkpoint(path) -> dict:
@@ -201,15 +205,13 @@ def _forever(data: Iterable):
 def evaluate(model: nn.Module, data: Iterable, device=None, max_batches: int | None = None) -> float:
     """Mean of model.loss over (at most max_batches of) data, in eval mode."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i, batch in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            break
-        total += float(model.loss(to_device(batch, device)))
-        count += 1
-    model.train(was_training)
+    with eval_mode(model):
+        total, count = 0.0, 0
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            total += float(model.loss(to_device(batch, device)))
+            count += 1
     if count == 0:
         raise ValueError("evaluation data yielded no batch")
     return total / count

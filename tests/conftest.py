@@ -9,3 +9,34 @@ def _isolated_data_dir(tmp_path_factory):
     mp.delenv("MINIGEN_DEVICE", raising=False)
     yield
     mp.undo()
+
+
+@pytest.fixture
+def force_guidance(monkeypatch):
+    """force_guidance() makes cfg_scale=1 with labels take the guided path (a conditional and an unconditional
+    row per image, logits mixed), which samplers otherwise skip as a shortcut; it returns the list of batch
+    sizes the transformer sees from then on."""
+    from minigen.nn import ClassEmbedding, Transformer
+
+    def force():
+        original, forward, rows = ClassEmbedding.sampling_labels, Transformer.forward, []
+
+        def always_guided(self, n, labels, cfg_scale=1.0):
+            if labels is None or cfg_scale != 1.0:
+                return original(self, n, labels, cfg_scale)
+            return original(self, n, labels, 2.0)[0], True  # the guided layout: n labels, then n null labels
+
+        def counting_forward(self, x, *args, **kwargs):
+            rows.append(x.shape[0])
+            return forward(self, x, *args, **kwargs)
+
+        monkeypatch.setattr(ClassEmbedding, "sampling_labels", always_guided)
+        monkeypatch.setattr(Transformer, "forward", counting_forward)
+        return rows
+
+    return force
+
+
+def swap_guidance(monkeypatch, module):
+    """A planted bug: guidance that mixes towards the unconditional logits instead of away from them."""
+    monkeypatch.setattr(module, "cfg_mix", lambda cond, uncond, scale: cond + scale * (uncond - cond))

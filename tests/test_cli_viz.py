@@ -10,7 +10,7 @@ import torch
 matplotlib.use("Agg")
 
 from minigen import registry, viz  # noqa: E402
-from minigen.cli import main  # noqa: E402
+from minigen.cli import main, train  # noqa: E402
 
 
 def test_cli_train_smoke_writes_checkpoint_samples_and_metrics(tmp_path):
@@ -43,6 +43,9 @@ def test_registry_recipes_exist_for_every_preset():
             model = rec["model"]
             assert rec["steps"] > 0 and hasattr(model, "loss")
             assert hasattr(model, "sample") or hasattr(model, "reconstruct"), name
+            kind = registry.kind(name)
+            assert registry.kind_of(model) == kind and hasattr(model, "sample") == (kind != "tokenizer"), name
+            assert (registry.data_spec(name) is None) == (kind == "series"), name
             if rec["tokenizer"]:  # the preset's tokenizer fits the model: same vocabulary, or same token width
                 tok_config = registry.recipe(rec["tokenizer"], preset)["model"].config
                 if model.vocab_size is None:
@@ -53,6 +56,14 @@ def test_registry_recipes_exist_for_every_preset():
         registry.recipe("nope", "cpu")
     with pytest.raises(ValueError, match="not a registered"):
         registry.model_class("os.system")
+    assert registry.kind("pixel") == "generator"  # by its alias
+    with pytest.raises(ValueError, match="not a registered"):
+        registry.kind_of(torch.nn.Linear(1, 1))
+    # the draft GPT is a TokenGPT of token_ar on its data, with speculative decoding's presets
+    from minigen import speculative, token_ar
+    draft = registry.recipe("draft", "smoke")
+    assert type(draft["model"]) is token_ar.TokenGPT and draft["data"] == token_ar.DATA and draft["tokenizer"] == "vq"
+    assert draft["steps"] == speculative.DRAFT_PRESETS["smoke"]["steps"]
 
 
 def test_make_grid_layout():
@@ -138,3 +149,15 @@ def test_cli_trains_mar_with_its_continuous_tokenizer(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "mar" and metrics["samples_per_second"] > 0 and "test_bits_per_token" not in metrics
     assert main(["sample", str(out / "model.pt"), "--n", "4", "--out", str(tmp_path / "m.png")]) == 0
+
+
+def test_train_from_python_returns_the_metrics_it_writes(tmp_path):
+    metrics = train("vq", "smoke", tmp_path / "vq", steps=2, device="cpu", n=4)
+    assert metrics == json.loads((tmp_path / "vq" / "metrics.json").read_text())
+    assert metrics["model"] == "vq" and metrics["steps"] == 2 and "test_mse" in metrics
+    assert (tmp_path / "vq" / "model.pt").exists() and (tmp_path / "vq" / "samples.png").exists()
+    for bad, message in ((dict(n=0), "n must be"), (dict(steps=-1), "steps must be"), (dict(preset="huge"), "preset")):
+        with pytest.raises(ValueError, match=message):
+            train("vq", **{"preset": "smoke", "out": tmp_path / "x", **bad})
+    with pytest.raises(ValueError, match="unknown model"):
+        train("nope", "smoke", tmp_path / "x")

@@ -134,7 +134,7 @@ def test_schedule_generates_every_token_exactly_once(num_iter):
         assert expected == [1] * 49
     if num_iter == 16:  # MAR's schedule starts slowly: floor(49 cos(pi/32)) = 48 left after the first pass
         assert expected[0] == 49 - math.floor(49 * math.cos(math.pi / 32))
-    assert trace["transformer_passes"] == num_iter and trace["head_passes"] == 3 * num_iter
+    assert trace["passes"] == num_iter and trace["head_passes"] == 3 * num_iter
 
 
 def test_each_pass_generates_exactly_the_masked_positions_it_picked():

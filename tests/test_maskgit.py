@@ -92,13 +92,21 @@ def test_random_mask_follows_the_cosine_training_distribution():
     assert abs(float(fractions.mean()) - (2 / math.pi + 0.5 / 49)) < 0.01
 
 
-def test_cfg_one_equals_plain_and_sampling_is_reproducible():
+def test_cfg_one_equals_plain_and_sampling_is_reproducible(force_guidance, monkeypatch):
     model = small()
-    a = model.sample(3, torch.arange(3), return_tokens=True, generator=torch.Generator().manual_seed(4))
-    b = model.sample(3, torch.arange(3), cfg_scale=1.0, return_tokens=True, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b)
-    images = model.sample(3, torch.arange(3), cfg_scale=2.0, generator=torch.Generator().manual_seed(4))
-    assert images.shape == (3, 1, 28, 28)
+    torch.nn.init.normal_(model.class_emb.embed.weight, std=1.0)  # classes that matter: guidance has work to do
+    draw = lambda seed=4, **kw: model.sample(3, torch.arange(3), return_tokens=True,
+                                             generator=torch.Generator().manual_seed(seed), **kw)
+    a = draw()
+    assert torch.equal(a, draw()) and not torch.equal(a, draw(seed=5))  # reproducible, and the seed matters
+    guided = draw(cfg_scale=2.0)
+    assert guided.shape == (3, 7, 7) and not torch.equal(a, guided)
+    rows = force_guidance()
+    assert torch.equal(a, draw(cfg_scale=1.0)) and set(rows) == {6}  # the guided path at scale 1 = plain
+    import minigen.masked_ar
+    from conftest import swap_guidance
+    swap_guidance(monkeypatch, minigen.masked_ar)  # a planted bug in the mixing: this test must catch it
+    assert not torch.equal(a, draw(cfg_scale=1.0))
 
 
 def test_bad_inputs_raise_clear_errors():

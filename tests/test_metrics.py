@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from minigen.data import ImageDataset, make_loader
-from minigen.metrics import DigitClassifier, bits_per_dim, classifier_outputs, frechet_distance, sample_quality
+from minigen.metrics import (DigitClassifier, Yardstick, bits_per_dim, classifier_outputs, draw, frechet_distance,
+                             sample_quality)
 from minigen.train import fit
 
 
@@ -52,3 +53,39 @@ def test_bits_per_dim():
     assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         bits_per_dim(1.0, 0)
+
+
+def test_yardstick_scores_samples_by_their_requested_labels():
+    from minigen.data import load_images
+    ys = Yardstick("smoke", torch.device("cpu"))
+    test = load_images("mnist-subset", "test")
+    by_class = [test.images[test.labels == k] for k in range(10)]
+
+    def real_digits(count, labels, generator, shift=0):  # a perfect "model": unseen test digits of the asked class (+ shift)
+        picks = []
+        for k in labels.tolist():
+            used[k] += 1
+            picks.append(by_class[(k + shift) % 10][used[k] % 50])
+        return torch.stack(picks)
+
+    used = [0] * 10
+    images, labels = draw(real_digits, 200, 10, "cpu", batch=30)
+    assert labels.tolist() == [i % 10 for i in range(200)]
+    right = ys.score(images, labels, dict(name="mnist-subset"))
+    used = [0] * 10
+    wrong = ys.score(*draw(lambda k, y, g: real_digits(k, y, g, shift=1), 200, 10, "cpu"), dict(name="mnist-subset"))
+    noise = ys.score(torch.rand(200, 1, 28, 28), labels, dict(name="mnist-subset"))
+    assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.15
+    train = load_images("mnist-subset", "train")
+    train_200 = torch.cat([train.images[train.labels == k][:20] for k in range(10)])  # 20 per class
+    train_200 = ys.score(train_200, labels, dict(name="mnist-subset"))
+    assert right["fid"] < 1.5 * train_200["fid"] < noise["fid"] / 10  # 200 digits: FID's small-sample bias
+    assert abs(right["fid"] - wrong["fid"]) < 1e-6  # the same digits in another order: FID ignores labels
+    # 14x14 binarised digits are scaled to 28x28 and judged against test digits of their own kind
+    small = dict(name="mnist-subset", binarize=True, size=14)
+    ys.score(load_images(split="test", **small).images[:100], test.labels[:100], small)
+    assert set(ys.report["floor_fid"]) == {"grey 28px", "binarised 14px"}
+    # an unconditional model is asked without labels and gets no class accuracy
+    images, labels = draw(lambda k, y, g: torch.rand(k, 1, 28, 28, generator=g), 130, 0, "cpu", batch=50)
+    assert labels is None and images.shape == (130, 1, 28, 28)
+    assert set(ys.score(images, labels, dict(name="mnist-subset"))) == {"fid"}

@@ -112,7 +112,7 @@ def test_labels_are_checked():
         check_labels(torch.tensor([-1]), n_classes=10)
     with pytest.raises(ValueError, match="integers"):
         check_labels(torch.tensor([0.5]), n_classes=10)
-    with pytest.raises(ValueError, match="n=3"):
+    with pytest.raises(ValueError, match="2 entries for 3 images"):
         check_labels(torch.tensor([1, 2]), n_classes=10, n=3)
     assert check_labels([3, 4], 10).tolist() == [3, 4]
 

@@ -40,12 +40,19 @@ def test_cached_sampling_equals_recompute():
     assert torch.equal(guided_fast, guided_slow)
 
 
-def test_sampling_is_reproducible_and_cfg_one_is_plain():
+def test_sampling_is_reproducible_and_cfg_one_is_plain(force_guidance, monkeypatch):
     model = small()
-    a = model.sample(4, torch.arange(4), generator=torch.Generator().manual_seed(0))
-    b = model.sample(4, torch.arange(4), generator=torch.Generator().manual_seed(0))
-    c = model.sample(4, torch.arange(4), cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and torch.equal(a, c)
+    draw = lambda seed=0, **kw: model.sample(4, torch.arange(4), generator=torch.Generator().manual_seed(seed), **kw)
+    a = draw()
+    assert torch.equal(a, draw()) and not torch.equal(a, draw(seed=1))  # reproducible, and the seed matters
+    rows = force_guidance()
+    c = draw(cfg_scale=1.0)  # the guided path (conditional and unconditional rows, mixed) at scale 1
+    assert set(rows) == {8} and torch.equal(a, c)
+    import minigen.pixel_ar
+    from conftest import swap_guidance
+    swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
+    assert not torch.equal(a, draw(cfg_scale=1.0))
+    monkeypatch.undo()
     assert a.shape == (4, 1, 4, 4) and set(a.unique().tolist()) <= {0.0, 1.0}
     images, trace = model.sample(2, torch.tensor([0, 1]), return_trace=True)
     assert trace["frames"].shape[1:] == (2, 1, 4, 4) and trace["passes"] == 16

@@ -8,7 +8,8 @@ import torch
 
 from minigen import speculative as S
 from minigen.nn import warp_logits
-from minigen.token_ar import RasterGPT
+from minigen.nn import sample_from_probs
+from minigen.pixel_ar import RasterGPT
 
 
 # --- probability-table models and a dice that walks every outcome -----------------------
@@ -39,7 +40,7 @@ class TableLM:
 
 
 class TableDecoder:
-    """The interface of minigen.token_ar.Decoder over a TableLM."""
+    """The interface of minigen.speculative.Decoder over a TableLM."""
     dtype, device = torch.float64, torch.device("cpu")
 
     def __init__(self, model, rows, warp):
@@ -309,6 +310,45 @@ def test_greedy_variants_return_exactly_the_greedy_target_sequence():
             assert torch.equal(tokens, plain), name
             assert sum(k + 1 for k in trace["kept"]) >= 12 and trace["round_of"].max() == trace["rounds"] - 1
         assert runs["self-draft"][1]["rounds"] == 2  # a draft equal to the target: 6 tokens per pass
+
+
+def decoder_tokens(model, n, labels, generator, **sampling):
+    """Plain sampling written with speculative decoding's incremental Decoder, one token per feed."""
+    dec = S.Decoder(model, n, labels, **sampling)
+    tokens = torch.zeros(n, 0, dtype=torch.long)
+    for t in range(model.seq_len):
+        probs = dec.feed(tokens[:, -1:] if t else tokens)[:, -1]  # the first feed runs the class token
+        tokens = torch.cat([tokens, sample_from_probs(probs, generator)[:, None]], 1)
+    return tokens
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("sampling", [dict(), dict(cfg_scale=2.0, top_k=4), dict(temperature=0.7, top_p=0.8)])
+def test_the_plain_sampling_loop_and_the_decoder_draw_identical_tokens(sampling, use_cache):
+    """The exactness argument of notebook 07 compares speculative samplers with RasterGPT.sample_tokens:
+    both must turn the same generator into the same tokens."""
+    model = tiny_gpt(0, seq_len=12, vocab=6, n_classes=3)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    plain, _ = model.sample_tokens(5, labels, generator=torch.Generator().manual_seed(4), use_cache=use_cache,
+                                   **sampling)
+    incremental = decoder_tokens(model, 5, labels, torch.Generator().manual_seed(4), use_cache=use_cache,
+                                 **sampling)
+    assert torch.equal(plain, incremental)
+    assert not torch.equal(plain, decoder_tokens(model, 5, labels, torch.Generator().manual_seed(5), **sampling))
+
+
+def test_samplers_give_target_and_draft_back_their_training_mode():
+    target, draft = tiny_gpt(0, seq_len=6, vocab=5), tiny_gpt(1, seq_len=6, vocab=5)
+    for run in (lambda: S.speculative_sample(target, draft, 2, gamma=2),
+                lambda: S.jacobi_sample(target, 2, window=3),
+                lambda: S.multi_draft_sample(target, draft, 2, drafts=2, gamma=2),
+                lambda: target.sample_tokens(2)):
+        target.train(), draft.train()
+        run()
+        assert target.training and draft.training
+    target.eval()
+    S.speculative_sample(target, draft, 2, gamma=2)
+    assert not target.training and draft.training
 
 
 def test_lantern_with_zero_budget_draws_the_same_tokens_as_speculative_sampling():

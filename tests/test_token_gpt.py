@@ -44,13 +44,21 @@ def test_cached_sampling_returns_the_same_tokens_as_recompute():
                                                    generator=torch.Generator().manual_seed(1)))
 
 
-def test_cfg_scale_one_is_plain_conditional_sampling_and_guidance_changes_it():
+def test_cfg_scale_one_is_plain_conditional_sampling_and_guidance_changes_it(force_guidance, monkeypatch):
     model = small()
-    plain = model.sample(6, torch.arange(6), return_tokens=True, generator=torch.Generator().manual_seed(0))
-    one = model.sample(6, torch.arange(6), cfg_scale=1.0, return_tokens=True, generator=torch.Generator().manual_seed(0))
-    three = model.sample(6, torch.arange(6), cfg_scale=3.0, return_tokens=True,
-                         generator=torch.Generator().manual_seed(0))
-    assert torch.equal(plain, one) and not torch.equal(plain, three)
+    draw = lambda **kw: model.sample(6, torch.arange(6), return_tokens=True, generator=torch.Generator().manual_seed(0),
+                                     **kw)
+    plain = draw()  # the shortcut: conditional rows only
+    rows = force_guidance()
+    one = draw(cfg_scale=1.0)  # the guided path: conditional and unconditional rows, mixed with scale 1
+    assert set(rows) == {12}, "the guided path did not run"
+    assert torch.equal(plain, one) and not torch.equal(plain, draw(cfg_scale=3.0))
+    for use_cache in (True, False):
+        assert torch.equal(one, draw(cfg_scale=1.0, use_cache=use_cache))
+    import minigen.pixel_ar
+    from conftest import swap_guidance
+    swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
+    assert not torch.equal(plain, draw(cfg_scale=1.0))
 
 
 def test_sample_returns_decoded_images_and_a_trace():
