@@ -10,21 +10,44 @@ Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ, 
 masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), speculative (speculative_sample, jacobi_sample, lantern_sample,
 multi_draft_sample), arnet (ARNet, ClassicAR).
 """
+
+from minigen import speculative
 from minigen.data import BinaryPatterns, load_images, make_loader
+from minigen.masked_ar import MaskGIT, MaskGITConfig
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.nn import Transformer, TransformerConfig, block_causal_mask, causal_mask, full_mask
-from minigen.masked_ar import MaskGIT, MaskGITConfig
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
+from minigen.registry import load_model
 from minigen.token_ar import TokenGPT, TokenGPTConfig
 from minigen.tokenizers import VQVAE, VQConfig
-from minigen import speculative
-from minigen.registry import load_model
 from minigen.train import fit, pick_device, preset, save_checkpoint, seed_everything, train_or_load
 
 __version__ = "0.1.0"
 __all__ = [
-    "BinaryPatterns", "load_images", "make_loader", "bits_per_dim", "dataset_nll", "Transformer",
-    "TransformerConfig", "block_causal_mask", "causal_mask", "full_mask", "PixelGPT", "PixelGPTConfig",
-    "TokenGPT", "TokenGPTConfig", "VQVAE", "VQConfig", "MaskGIT", "MaskGITConfig", "speculative",
-    "fit", "load_model", "pick_device", "preset", "save_checkpoint", "seed_everything", "train_or_load",
+    "BinaryPatterns",
+    "load_images",
+    "make_loader",
+    "bits_per_dim",
+    "dataset_nll",
+    "Transformer",
+    "TransformerConfig",
+    "block_causal_mask",
+    "causal_mask",
+    "full_mask",
+    "PixelGPT",
+    "PixelGPTConfig",
+    "TokenGPT",
+    "TokenGPTConfig",
+    "VQVAE",
+    "VQConfig",
+    "MaskGIT",
+    "MaskGITConfig",
+    "speculative",
+    "fit",
+    "load_model",
+    "pick_device",
+    "preset",
+    "save_checkpoint",
+    "seed_everything",
+    "train_or_load",
 ]

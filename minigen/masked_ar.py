@@ -4,6 +4,7 @@ A bidirectional transformer learns to fill in randomly masked VQ tokens. Decodin
 grid and, in T steps, samples every masked token, keeps the most confident ones and re-masks the rest:
 AR over a random order of *sets* of tokens, with T (e.g. 8) passes instead of 49.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from minigen import token_ar
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_sampling_args, eval_mode,
-                        progress_bar, sample_from_probs, warp_logits)
+from minigen.nn import (
+    ClassEmbedding,
+    Transformer,
+    TransformerConfig,
+    cfg_mix,
+    check_sampling_args,
+    eval_mode,
+    progress_bar,
+    sample_from_probs,
+    warp_logits,
+)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
 
@@ -46,9 +57,16 @@ class MaskGIT(OnTokenizer, nn.Module):
         self.config, self.n_classes = config, config.n_classes
         self.attach_tokenizer(VQConfig(**config.tokenizer))
         self.mask_id = self.vocab_size  # one extra input id; never predicted
-        self.transformer = Transformer(TransformerConfig(
-            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, max_len=self.seq_len + 1,
-            pos="learned", dropout=config.dropout))
+        self.transformer = Transformer(
+            TransformerConfig(
+                n_layer=config.n_layer,
+                n_head=config.n_head,
+                n_embd=config.n_embd,
+                max_len=self.seq_len + 1,
+                pos="learned",
+                dropout=config.dropout,
+            )
+        )
         self.class_emb = ClassEmbedding(config.n_classes, config.n_embd, config.class_drop)
         self.token_emb = nn.Embedding(self.vocab_size + 1, config.n_embd)
         self.head = nn.Linear(config.n_embd, self.vocab_size)
@@ -70,8 +88,9 @@ class MaskGIT(OnTokenizer, nn.Module):
         ranks = torch.rand(batch, self.seq_len, device=device).argsort(1).argsort(1)  # (B, L) random permutation
         return ranks < n_masked
 
-    def masked_loss(self, tokens: torch.Tensor, mask: torch.Tensor, labels=None,
-                    targets: torch.Tensor | None = None) -> torch.Tensor:
+    def masked_loss(
+        self, tokens: torch.Tensor, mask: torch.Tensor, labels=None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cross-entropy at the masked positions only, mean over them. The network sees `tokens` with the
         masked ones replaced by [MASK]; `targets` (default: tokens) matter only where mask is True."""
         targets = tokens if targets is None else targets
@@ -86,10 +105,23 @@ class MaskGIT(OnTokenizer, nn.Module):
         return self.masked_loss(tokens, self.random_mask(tokens.shape[0], tokens.device), labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, num_iter: int = 8, schedule: str = "cosine", temperature: float = 1.0,
-               choice_temperature: float = 4.5, top_k: int | None = None, top_p: float | None = None,
-               cfg_scale: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
-               return_trace: bool = False, return_tokens: bool = False):
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        num_iter: int = 8,
+        schedule: str = "cosine",
+        temperature: float = 1.0,
+        choice_temperature: float = 4.5,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_trace: bool = False,
+        return_tokens: bool = False,
+    ):
         """Generate n images (n, 1, H, W) in `num_iter` parallel decoding passes.
 
         Each pass samples every masked token (temperature, top-k/p, CFG), scores it by its (unwarped)
@@ -142,9 +174,13 @@ class MaskGIT(OnTokenizer, nn.Module):
         if not return_trace:
             return out
         frames = torch.stack([self.canvas(s) for s in snapshots])  # (num_iter, n, 1, H, W)
-        return out, {"masked": masked_counts, "fixed_at": fixed_at.view(n, self.grid, self.grid).cpu(),
-                     "tokens": torch.stack(snapshots).view(num_iter, n, self.grid, self.grid), "frames": frames,
-                     "passes": num_iter}
+        return out, {
+            "masked": masked_counts,
+            "fixed_at": fixed_at.view(n, self.grid, self.grid).cpu(),
+            "tokens": torch.stack(snapshots).view(num_iter, n, self.grid, self.grid),
+            "frames": frames,
+            "passes": num_iter,
+        }
 
 
 PRESETS, DATA = token_ar.PRESETS, token_ar.DATA  # the raster GPT's sizes: notebook 05 compares the two

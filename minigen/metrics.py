@@ -1,6 +1,7 @@
 """Metrics shared by every paradigm: nats per image, bits per dimension, and sample quality for digits
 (a small CNN classifier's Frechet distance and class accuracy), with the yardstick the benchmark scores
 every paradigm's samples by."""
+
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from minigen import registry
 from minigen.data import check_images, data_dir, load_images, make_loader
 from minigen.train import pick_device, seed_everything, to_device, train_or_load
 
@@ -38,7 +40,18 @@ def dataset_nll(model, dataset: Dataset, batch_size: int = 256, device=None) -> 
     return total / count
 
 
+def nll_entry(model, data: dict) -> dict:
+    """Test NLL in nats per image, and what it is over (pixels, or the tokens of a token model); empty for a
+    model without a likelihood. `data`: the `load_images` arguments of what the model generates."""
+    if not hasattr(model, "nll"):
+        return {}
+    test = load_images(split="test", **data)
+    over = f"{model.seq_len} tokens" if hasattr(model, "tokenizer") else f"{math.prod(test.shape)} pixels"
+    return {"nll": dataset_nll(model, test, batch_size=100), "nll_over": over}
+
+
 # --- sample quality for digits: a small classifier as the yardstick ---------------------------------
+
 
 class DigitClassifier(nn.Module):
     """A small CNN for 28x28 digits. Its 128-d penultimate features define the "classifier FID"
@@ -47,8 +60,13 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, n_classes: int = 10):
         super().__init__()
-        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1), nn.ReLU(),
-                              nn.MaxPool2d(2)]
+        block = lambda i, o: [
+            nn.Conv2d(i, o, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(o, o, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         self.body = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
         self.drop = nn.Dropout(0.3)
         self.out = nn.Linear(128, n_classes)
@@ -73,8 +91,16 @@ def digit_classifier(dataset: str = "mnist-subset", steps: int = 2000, device=No
     device = pick_device(device)
     seed_everything(0)
     model = DigitClassifier()
-    train_or_load(model, data_dir() / f"classifier_{dataset}.pt", make_loader(load_images(dataset, "train"), 64),
-                  steps=steps, lr=2e-3, device=device, progress=progress, desc="classifier")
+    train_or_load(
+        model,
+        data_dir() / f"classifier_{dataset}.pt",
+        make_loader(load_images(dataset, "train"), 64),
+        steps=steps,
+        lr=2e-3,
+        device=device,
+        progress=progress,
+        desc="classifier",
+    )
     return model.to(device).eval()
 
 
@@ -93,7 +119,8 @@ def classifier_outputs(classifier: DigitClassifier, images: torch.Tensor, batch_
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets."""
     if feats_a.dim() != 2 or feats_b.dim() != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"need two (N, D) feature sets of the same D, got {tuple(feats_a.shape)}, {tuple(feats_b.shape)}")
+        shapes = f"{tuple(feats_a.shape)}, {tuple(feats_b.shape)}"
+        raise ValueError(f"need two (N, D) feature sets of the same D, got {shapes}")
     if min(len(feats_a), len(feats_b)) < 2:
         raise ValueError("need at least 2 samples in each set")
     a, b = feats_a.double(), feats_b.double()
@@ -106,8 +133,9 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
 
 
-def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference: torch.Tensor,
-                   labels: torch.Tensor | None = None) -> dict:
+def sample_quality(
+    classifier: DigitClassifier, samples: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None = None
+) -> dict:
     """Classifier FID of samples against reference images (N, 1, 28, 28) or their ready features (N, 128),
     and (given the requested labels) the fraction of samples the classifier assigns to the requested class."""
     feats, preds = classifier_outputs(classifier, samples)
@@ -128,6 +156,15 @@ def to_28(images: torch.Tensor) -> torch.Tensor:
     return images if images.shape[-1] == 28 else F.interpolate(images.float(), size=(28, 28), mode="nearest")
 
 
+def quality_data(name: str, model) -> dict:
+    """`load_images` arguments for the data model `name` generates (the binary or grey PixelCNN alike): the test
+    digits of this kind are what its samples and its NLL are measured against."""
+    data = registry.data_spec(name)
+    if name == "pixelcnn":
+        data["binarize"] = model.config.n_levels == 2
+    return data
+
+
 class Yardstick:
     """The digit classifier and, per kind of data (grey or binarised, 28 or 14 pixels), the test split's
     features; every sample set is scored against the test digits of its own kind."""
@@ -140,8 +177,11 @@ class Yardstick:
         feats, preds = classifier_outputs(self.classifier, test.images)
         self.references = {"grey 28px": feats}  # the grey test digits' features, reused as that kind's reference
         noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-        self.report = {"classifier_test_accuracy": float((preds == test.labels).float().mean()),
-                       "noise_fid": sample_quality(self.classifier, noise, feats)["fid"], "floor_fid": {}}
+        self.report = {
+            "classifier_test_accuracy": float((preds == test.labels).float().mean()),
+            "noise_fid": sample_quality(self.classifier, noise, feats)["fid"],
+            "floor_fid": {},
+        }
 
     def reference(self, data: dict) -> torch.Tensor:
         """Test-split features for this kind of data (`load_images` arguments); its floor (500 training digits
@@ -152,8 +192,9 @@ class Yardstick:
             self.references[key] = classifier_outputs(self.classifier, to_28(test.images))[0]
         if key not in self.report["floor_fid"]:
             train = load_images(split="train", **data)
-            self.report["floor_fid"][key] = sample_quality(self.classifier, to_28(train.images[::9][:500]),
-                                                           self.references[key])["fid"]
+            self.report["floor_fid"][key] = sample_quality(
+                self.classifier, to_28(train.images[::9][:500]), self.references[key]
+            )["fid"]
         return self.references[key]
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None, data: dict) -> dict:
@@ -161,6 +202,34 @@ class Yardstick:
         quality = sample_quality(self.classifier, to_28(images), self.reference(data), labels)
         quality.pop("n")  # the report states the sample count once
         return quality
+
+
+class SampleScorer:
+    """Scores the benchmark's sample sets: classifier FID and class accuracy of `samples` class-balanced samples
+    per call (none when `samples` is 0), by a Yardstick made on first use (its classifier takes minutes to train
+    on a CPU). A `previews` dict gets the first 20 samples of each set (classes 0-9 twice) under its key."""
+
+    def __init__(self, preset_name: str, device, samples: int, previews: dict | None = None):
+        if samples < 0:
+            raise ValueError(f"samples must be >= 0, got {samples}")
+        self.preset_name, self.device, self.samples, self.previews = preset_name, device, samples, previews
+        self.yardstick = None
+
+    def __call__(self, key: tuple, sample_fn, n_classes: int, data: dict) -> dict:
+        """Scores of `sample_fn(count, labels, generator) -> images` against the test digits of kind `data`."""
+        if not self.samples:
+            return {}
+        if self.yardstick is None:
+            self.yardstick = Yardstick(self.preset_name, self.device)
+        images, labels = draw(sample_fn, self.samples, n_classes, self.device)
+        if self.previews is not None:
+            self.previews[key] = images[:20]
+        return self.yardstick.score(images, labels, data)
+
+    @property
+    def report(self) -> dict | None:
+        """The yardstick's own numbers (classifier accuracy, floor and noise FID); None if nothing was scored."""
+        return self.yardstick.report if self.yardstick is not None else None
 
 
 @torch.no_grad()
@@ -175,6 +244,6 @@ def draw(sample_fn, n: int, n_classes: int, device, batch: int = 100) -> tuple:
     images = []
     for start in range(0, n, batch):
         count = min(batch, n - start)
-        chunk = labels[start:start + count].to(device) if labels is not None else None
+        chunk = labels[start : start + count].to(device) if labels is not None else None
         images.append(sample_fn(count, chunk, generator).float().cpu())
     return torch.cat(images), labels

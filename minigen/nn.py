@@ -5,12 +5,13 @@ positions from Su et al. 2021 (RoFormer). A paradigm brings its own embeddings a
 output head and chooses a mask: causal (raster GPT), block-causal (VAR scales) or full
 (MaskGIT, MAR). The KV cache supports prefill, append and truncate (speculative rollback).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,7 @@ class TransformerConfig:
 
 
 # --- masks: True means "may attend" -------------------------------------------------
+
 
 def causal_mask(length: int, device=None) -> torch.Tensor:
     """(T, T) lower-triangular mask: position i sees positions <= i."""
@@ -74,6 +76,7 @@ def _resolve_mask(mask, total_len: int, device) -> torch.Tensor:
 
 # --- KV cache ---------------------------------------------------------------------
 
+
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated to max_len.
 
@@ -94,8 +97,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions needed, max_len={self.max_len}")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, L+T, hs)
 
     def truncate(self, length: int):
@@ -110,6 +113,7 @@ class KVCache:
 
 
 # --- building blocks ----------------------------------------------------------------
+
 
 def rotate_half_pairs(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding: rotate channel pairs of x (B, H, T, hs) by position angles."""
@@ -151,8 +155,10 @@ class MLP(nn.Module):
         super().__init__()
         hidden = cfg.mlp_ratio * cfg.n_embd
         self.net = nn.Sequential(
-            nn.Linear(cfg.n_embd, hidden, bias=cfg.bias), nn.GELU(),
-            nn.Linear(hidden, cfg.n_embd, bias=cfg.bias), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.n_embd, hidden, bias=cfg.bias),
+            nn.GELU(),
+            nn.Linear(hidden, cfg.n_embd, bias=cfg.bias),
+            nn.Dropout(cfg.dropout),
         )
 
     def forward(self, x):
@@ -198,8 +204,9 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
         p = next(self.parameters())
         cfg = self.cfg
-        return KVCache(cfg.n_layer, batch, cfg.n_head, cfg.max_len, cfg.n_embd // cfg.n_head,
-                       device or p.device, dtype or p.dtype)
+        return KVCache(
+            cfg.n_layer, batch, cfg.n_head, cfg.max_len, cfg.n_embd // cfg.n_head, device or p.device, dtype or p.dtype
+        )
 
     def forward(self, x: torch.Tensor, mask="causal", cache: KVCache | None = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.cfg.n_embd:
@@ -214,7 +221,7 @@ class Transformer(nn.Module):
         if T == 1 and isinstance(mask, str):  # one new token under "causal" or "full" sees every position:
             attn_mask = None  # no mask lets SDPA take its fastest path (the cached sampling step)
         else:
-            attn_mask = _resolve_mask(mask, start + T, x.device)[start:start + T, :start + T]  # (T, L+T)
+            attn_mask = _resolve_mask(mask, start + T, x.device)[start : start + T, : start + T]  # (T, L+T)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, positions, cache, i)
@@ -268,8 +275,10 @@ class ClassEmbedding(nn.Module):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if labels is None:
             if cfg_scale != 1.0:
-                raise ValueError(f"classifier-free guidance (cfg_scale={cfg_scale}) needs class labels; "
-                                 "pass labels or leave cfg_scale at 1")
+                raise ValueError(
+                    f"classifier-free guidance (cfg_scale={cfg_scale}) needs class labels; "
+                    "pass labels or leave cfg_scale at 1"
+                )
             return None, False
         device = self.embed.weight.device
         labels = check_labels(labels, self.n_classes, n).to(device)
@@ -279,6 +288,7 @@ class ClassEmbedding(nn.Module):
 
 
 # --- sampling helpers ---------------------------------------------------------------
+
 
 def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool = False) -> torch.Tensor:
     """Validate class labels: integer, 1-D, in [0, n_classes) (or == n_classes, the null class)."""
@@ -298,8 +308,9 @@ def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool 
     return labels
 
 
-def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                        cfg_scale: float = 1.0):
+def check_sampling_args(
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0
+):
     if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -315,8 +326,9 @@ def cfg_mix(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float
     return uncond_logits + scale * (cond_logits - uncond_logits)
 
 
-def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None) -> torch.Tensor:
+def warp_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """Logits (..., V) -> the probabilities (..., V) actually sampled from.
 
     Temperature 0 means greedy: all mass on the argmax. Speculative decoding needs this
@@ -354,8 +366,13 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
     return idx.clamp_(max=flat.shape[-1] - 1).reshape(probs.shape[:-1])
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Warp logits (..., V) and draw one token per row -> (...) long."""
     return sample_from_probs(warp_logits(logits, temperature, top_k, top_p), generator)
 

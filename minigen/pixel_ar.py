@@ -6,6 +6,7 @@ PixelGPT (Chen et al. 2020, "Generative Pretraining from Pixels", toy scale) is 
 alternative and minigen's reference model: a class token, then one token per pixel. Its RasterGPT
 (causal transformer, likelihood, KV-cached sampling loop) also models the VQ tokens of token_ar.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,10 +14,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from minigen.data import check_images
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, cfg_mix, check_labels, check_sampling_args,
-                        eval_mode, progress_bar, sample_from_probs, sample_logits, warp_logits)
 
+from minigen.data import check_images
+from minigen.nn import (
+    ClassEmbedding,
+    Transformer,
+    TransformerConfig,
+    cfg_mix,
+    check_labels,
+    check_sampling_args,
+    eval_mode,
+    progress_bar,
+    sample_from_probs,
+    sample_logits,
+    warp_logits,
+)
 
 # --- the raster GPT: a causal transformer over a fixed-length token sequence ---------------------
 
@@ -28,12 +40,24 @@ class RasterGPT(nn.Module):
     model, the likelihood and the KV-cached sampler are shared. Position t predicts token t.
     """
 
-    def __init__(self, seq_len: int, vocab_size: int, n_classes: int, class_drop: float,
-                 n_layer: int, n_head: int, n_embd: int, dropout: float):
+    def __init__(
+        self,
+        seq_len: int,
+        vocab_size: int,
+        n_classes: int,
+        class_drop: float,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float,
+    ):
         super().__init__()
         self.seq_len, self.vocab_size, self.n_classes = seq_len, vocab_size, n_classes
-        self.transformer = Transformer(TransformerConfig(
-            n_layer=n_layer, n_head=n_head, n_embd=n_embd, max_len=seq_len, pos="learned", dropout=dropout))
+        self.transformer = Transformer(
+            TransformerConfig(
+                n_layer=n_layer, n_head=n_head, n_embd=n_embd, max_len=seq_len, pos="learned", dropout=dropout
+            )
+        )
         self.class_emb = ClassEmbedding(n_classes, n_embd, class_drop)
         self.token_emb = nn.Embedding(vocab_size, n_embd)
         self.head = nn.Linear(n_embd, vocab_size)
@@ -56,8 +80,9 @@ class RasterGPT(nn.Module):
         if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
             raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), "
-                             f"got min {int(tokens.min())}, max {int(tokens.max())}")
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}), got min {int(tokens.min())}, max {int(tokens.max())}"
+            )
         return tokens.long()
 
     # --- the model ---
@@ -87,9 +112,20 @@ class RasterGPT(nn.Module):
 
     # --- sampling ---
     @torch.no_grad()
-    def sample_tokens(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-                      progress: bool = False, use_cache: bool = True, snapshot_every: int | None = None):
+    def sample_tokens(
+        self,
+        n: int,
+        labels=None,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        use_cache: bool = True,
+        snapshot_every: int | None = None,
+    ):
         """Generate token sequences (n, L), one token per network pass.
 
         use_cache=True: the first pass runs the class token and keeps every layer's keys and values;
@@ -122,6 +158,7 @@ class RasterGPT(nn.Module):
 
 # --- the pixel transformer -------------------------------------------------------------------
 
+
 @dataclass
 class PixelGPTConfig:
     image_size: int = 14  # images are image_size x image_size, one channel
@@ -140,8 +177,16 @@ class PixelGPT(RasterGPT):
     Config = PixelGPTConfig
 
     def __init__(self, config: PixelGPTConfig):
-        super().__init__(config.image_size ** 2, config.n_levels, config.n_classes, config.class_drop,
-                         config.n_layer, config.n_head, config.n_embd, config.dropout)
+        super().__init__(
+            config.image_size**2,
+            config.n_levels,
+            config.n_classes,
+            config.class_drop,
+            config.n_layer,
+            config.n_head,
+            config.n_embd,
+            config.dropout,
+        )
         self.config = config
         self.n_pixels = self.seq_len
 
@@ -155,9 +200,20 @@ class PixelGPT(RasterGPT):
         return (tokens.float() / (self.config.n_levels - 1)).view(-1, 1, s, s)  # (B, 1, H, W)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-               progress: bool = False, use_cache: bool = True, return_trace: bool = False):
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        use_cache: bool = True,
+        return_trace: bool = False,
+    ):
         """Generate n images (n, 1, H, W) in [0, 1], one pixel per network pass.
 
         use_cache=True keeps keys/values of earlier pixels (one new token per pass);
@@ -166,9 +222,17 @@ class PixelGPT(RasterGPT):
         (pixels not yet generated shown as 0.5) and the step of each frame.
         """
         tokens, snapshots = self.sample_tokens(
-            n, labels, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
-            generator=generator, progress=progress, use_cache=use_cache,
-            snapshot_every=max(1, self.n_pixels // 16) if return_trace else None)
+            n,
+            labels,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            progress=progress,
+            use_cache=use_cache,
+            snapshot_every=max(1, self.n_pixels // 16) if return_trace else None,
+        )
         images = self.to_images(tokens)
         if not return_trace:
             return images
@@ -189,6 +253,7 @@ GPT_DATA = dict(name="mnist-subset", binarize=True, size=14)
 
 
 # --- Gated PixelCNN ------------------------------------------------------------------------
+
 
 @dataclass
 class PixelCNNConfig:
@@ -259,11 +324,22 @@ class GatedPixelCNN(nn.Module):
         self.config = config
         c = config
         self.layers = nn.ModuleList(
-            GatedLayer(1 if i == 0 else c.channels, c.channels, c.first_kernel if i == 0 else c.kernel,
-                       c.n_classes, first=i == 0) for i in range(c.n_layer))
+            GatedLayer(
+                1 if i == 0 else c.channels,
+                c.channels,
+                c.first_kernel if i == 0 else c.kernel,
+                c.n_classes,
+                first=i == 0,
+            )
+            for i in range(c.n_layer)
+        )
         self.out_channels = 1 if c.n_levels == 2 else c.n_levels
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1), nn.ReLU(),
-                                  nn.Conv2d(c.head_channels, self.out_channels, 1))
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(c.channels, c.head_channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(c.head_channels, self.out_channels, 1),
+        )
 
     def check_images(self, images: torch.Tensor):
         check_images(images, self.config.image_size)
@@ -294,7 +370,7 @@ class GatedPixelCNN(nn.Module):
         network's, but none of them reaches (r, c), so the result is exact and much cheaper."""
         R = self.reach
         r0, c0 = max(0, r - R), max(0, c - R)
-        window = canvas[:, :, r0:r + 1, c0:c + R + 1]  # (B, 1, <= R+1, <= 2R+1)
+        window = canvas[:, :, r0 : r + 1, c0 : c + R + 1]  # (B, 1, <= R+1, <= 2R+1)
         return self._forward_window(window, labels)[:, :, r - r0, c - c0]
 
     def _forward_window(self, images, labels):
@@ -321,12 +397,23 @@ class GatedPixelCNN(nn.Module):
 
     def loss(self, batch) -> torch.Tensor:
         """Mean nats per pixel."""
-        return self.nll(batch).mean() / self.config.image_size ** 2
+        return self.nll(batch).mean() / self.config.image_size**2
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, generator: torch.Generator | None = None, progress: bool = False,
-               return_trace: bool = False, given: torch.Tensor | None = None, n_given: int = 0):
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_trace: bool = False,
+        given: torch.Tensor | None = None,
+        n_given: int = 0,
+    ):
         """Generate n images (n, 1, H, W) one pixel per network pass, in raster order.
 
         With `given` images and `n_given` > 0, the first n_given pixels (raster order) are copied
@@ -342,8 +429,9 @@ class GatedPixelCNN(nn.Module):
         if n_given:
             if given is None or given.shape != (n, 1, s, s) or not 0 <= n_given <= s * s:
                 raise ValueError(f"completion needs given images ({n}, 1, {s}, {s}) and 0 <= n_given <= {s * s}")
-            canvas.view(n, -1)[:, :n_given] = self.to_levels(given.to(device)).view(n, -1)[:, :n_given].float() \
-                / (self.config.n_levels - 1)
+            canvas.view(n, -1)[:, :n_given] = self.to_levels(given.to(device)).view(n, -1)[:, :n_given].float() / (
+                self.config.n_levels - 1
+            )
         with eval_mode(self):
             frames, steps, every = [], [], max(1, s * s // 16)
             for i in progress_bar(range(n_given, s * s), progress, desc="pixels"):
@@ -353,12 +441,15 @@ class GatedPixelCNN(nn.Module):
                 canvas[:, 0, r, c] = level.float() / (self.config.n_levels - 1)
                 if return_trace and ((i + 1) % every == 0 or i + 1 == s * s):
                     frame = canvas.clone()
-                    frame.view(n, -1)[:, i + 1:] = 0.5
+                    frame.view(n, -1)[:, i + 1 :] = 0.5
                     frames.append(frame.cpu())
                     steps.append(i + 1)
         if return_trace:
-            return canvas, {"frames": torch.stack(frames) if frames else torch.empty(0), "steps": steps,
-                            "passes": s * s - n_given}
+            return canvas, {
+                "frames": torch.stack(frames) if frames else torch.empty(0),
+                "steps": steps,
+                "passes": s * s - n_given,
+            }
         return canvas
 
     def complete(self, images: torch.Tensor, n_given: int, labels=None, **kwargs) -> torch.Tensor:
@@ -376,8 +467,8 @@ class MaskedConv2d(nn.Conv2d):
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
         mask = torch.ones(k, k)
-        mask[k // 2, k // 2 + (mask_type == "B"):] = 0  # centre row: the centre (type A) and right of it
-        mask[k // 2 + 1:] = 0  # rows below
+        mask[k // 2, k // 2 + (mask_type == "B") :] = 0  # centre row: the centre (type A) and right of it
+        mask[k // 2 + 1 :] = 0  # rows below
         self.register_buffer("mask", mask[None, None])
 
     def forward(self, x):
@@ -395,7 +486,8 @@ def naive_pixelcnn(n_layer: int = 6, channels: int = 16, k: int = 3) -> nn.Seque
 PRESETS = {
     "smoke": dict(config=dict(channels=16, n_layer=3, head_channels=32), steps=20, batch_size=16, lr=2e-3),
     "cpu": dict(config=dict(channels=32, n_layer=8), steps=2000, batch_size=32, lr=2e-3, ema=0.995),
-    "gpu": dict(config=dict(channels=96, n_layer=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3,
-                ema=0.999),
+    "gpu": dict(
+        config=dict(channels=96, n_layer=12, head_channels=256), steps=6000, batch_size=128, lr=1e-3, ema=0.999
+    ),
 }
 DATA = dict(name="mnist-subset", binarize=True)

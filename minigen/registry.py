@@ -11,6 +11,7 @@ overrides, steps, batch size, learning rate, optional EMA decay), a data dict (a
 A module whose models sit on a tokenizer (token_ar) names it in `TOKENIZER`; the CLI trains or reuses that one
 first. Registering a paradigm is one line in `MODELS` below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,9 @@ MODELS = {
     "ae": Entry("minigen.tokenizers", "ContinuousAE", "tokenizer", presets="AE_PRESETS"),  # MAR's continuous tokenizer
     "mar": Entry("minigen.diffusion_ar", "MAR", "generator"),
     # the small draft GPT of notebook 07: a TokenGPT on the same data, with speculative decoding's presets
-    "draft": Entry("minigen.token_ar", "TokenGPT", "generator", presets="DRAFT_PRESETS",
-                   presets_module="minigen.speculative"),
+    "draft": Entry(
+        "minigen.token_ar", "TokenGPT", "generator", presets="DRAFT_PRESETS", presets_module="minigen.speculative"
+    ),
     "arnet": Entry("minigen.arnet", "ARNet", "series"),
 }
 

@@ -2,6 +2,7 @@
 Next-Scale Prediction"). The AR unit is a whole token map: the codes of scale k (s_k x s_k) are predicted
 together from the class and all coarser scales, under block-causal attention: 6 passes for 104 tokens.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from minigen import token_ar
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, cfg_mix, check_sampling_args,
-                        eval_mode, progress_bar, sample_logits)
+from minigen.nn import (
+    ClassEmbedding,
+    Transformer,
+    TransformerConfig,
+    block_causal_mask,
+    cfg_mix,
+    check_sampling_args,
+    eval_mode,
+    progress_bar,
+    sample_logits,
+)
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, OnTokenizer
 
@@ -35,9 +46,16 @@ class VAR(OnTokenizer, nn.Module):
         self.scales = vq_config.scales
         self.block_sizes = [s * s for s in self.scales]
         self.seq_len = sum(self.block_sizes)  # 1 + 4 + 9 + 16 + 25 + 49 = 104 for the default scales
-        self.transformer = Transformer(TransformerConfig(
-            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, max_len=self.seq_len,
-            pos="learned", dropout=config.dropout))
+        self.transformer = Transformer(
+            TransformerConfig(
+                n_layer=config.n_layer,
+                n_head=config.n_head,
+                n_embd=config.n_embd,
+                max_len=self.seq_len,
+                pos="learned",
+                dropout=config.dropout,
+            )
+        )
         self.class_emb = ClassEmbedding(config.n_classes, config.n_embd, config.class_drop)
         self.level_emb = nn.Embedding(len(self.scales), config.n_embd)  # which scale a position belongs to
         self.input_proj = nn.Linear(vq_config.latent_dim, config.n_embd)  # f_hat vectors -> token inputs
@@ -99,10 +117,21 @@ class VAR(OnTokenizer, nn.Module):
 
     # --- sampling: one pass per scale ---
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-               progress: bool = False, use_cache: bool = True, return_trace: bool = False,
-               return_tokens: bool = False):
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        use_cache: bool = True,
+        return_trace: bool = False,
+        return_tokens: bool = False,
+    ):
         """Generate n images (n, 1, H, W), one transformer pass per scale, coarse to fine.
 
         Guidance ramps linearly over the scales from 1 (coarsest) to cfg_scale (finest).
@@ -121,7 +150,7 @@ class VAR(OnTokenizer, nn.Module):
                     hidden = self.transformer(x, mask=self.mask, cache=cache)  # (rows, s_k^2, C)
                 else:
                     inputs.append(x)
-                    hidden = self.transformer(torch.cat(inputs, 1), mask=self.mask)[:, -x.shape[1]:]
+                    hidden = self.transformer(torch.cat(inputs, 1), mask=self.mask)[:, -x.shape[1] :]
                 logits = self.head(hidden)  # (rows, s_k^2, V)
                 if guided:
                     logits = cfg_mix(logits[:n], logits[n:], 1 + (cfg_scale - 1) * k / max(1, K - 1))

@@ -6,6 +6,7 @@ decoding, SJD); Jang et al. 2024 (LANTERN, relaxed acceptance); Yang et al. 2024
 probability min(1, p(x)/q(x)) and at the first rejection draws from norm(max(0, p - q)): the output is
 distributed exactly as the target p (LANTERN knowingly bends p, within a total-variation budget).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -22,9 +23,23 @@ DRAFT_PRESETS = {
     "gpu": dict(config=dict(n_layer=2, n_head=4, n_embd=128), steps=4000, batch_size=128, lr=1e-3, ema=0.999),
 }
 TOKENIZER = "vq"
-__all__ = ["Dice", "Verdict", "CandidateVerdict", "verify", "verify_candidates", "residual", "speculative_sample", "jacobi_sample", "lantern_sample",
-           "multi_draft_sample", "codebook_neighbours", "relaxed_distribution", "expected_tokens_per_pass",
-           "Decoder", "DRAFT_PRESETS"]
+__all__ = [
+    "Dice",
+    "Verdict",
+    "CandidateVerdict",
+    "verify",
+    "verify_candidates",
+    "residual",
+    "speculative_sample",
+    "jacobi_sample",
+    "lantern_sample",
+    "multi_draft_sample",
+    "codebook_neighbours",
+    "relaxed_distribution",
+    "expected_tokens_per_pass",
+    "Decoder",
+    "DRAFT_PRESETS",
+]
 
 
 class Dice:
@@ -56,8 +71,18 @@ class Decoder:
     whole prefix instead of reading the KV cache (same distributions, the reference for the cache).
     """
 
-    def __init__(self, model: RasterGPT, rows: int, labels=None, *, temperature=1.0, top_k=None, top_p=None,
-                 cfg_scale=1.0, use_cache: bool = True):
+    def __init__(
+        self,
+        model: RasterGPT,
+        rows: int,
+        labels=None,
+        *,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        cfg_scale=1.0,
+        use_cache: bool = True,
+    ):
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         self.model, self.rows = model, rows
         self.labels, self.guided = model.class_emb.sampling_labels(rows, labels, cfg_scale)
@@ -95,7 +120,7 @@ class Decoder:
             hidden = self.model.transformer(emb, mask="causal", cache=self.cache)
         logits = self.model.head(hidden[:, -new:])  # (rows', new, V)
         if self.guided:
-            logits = cfg_mix(logits[:self.rows], logits[self.rows:], self.cfg_scale)  # (rows, new, V)
+            logits = cfg_mix(logits[: self.rows], logits[self.rows :], self.cfg_scale)  # (rows, new, V)
         self.started, self.passes = True, self.passes + 1
         return warp_logits(logits, **self.warp)  # (rows, new, V)
 
@@ -123,6 +148,7 @@ def make_decoder(model, rows: int, labels, sampling: dict):
 
 # --- the one verification step -------------------------------------------------------
 
+
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(0, p - q)) over the last axis: what is left of p once q's guesses have been accepted.
     Where p == q nothing is left and nothing is ever rejected; p is returned to keep the rows valid."""
@@ -133,6 +159,7 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class Verdict(NamedTuple):
     """What verify decided for B rows of g guesses."""
+
     accepted: torch.Tensor  # (B,) guesses kept before the first rejection
     next_token: torch.Tensor  # (B,) the correction (or bonus token) after them; -1 where the sequence is complete
     tested: torch.Tensor  # (B, g) bool: the accept/reject decisions that counted
@@ -141,6 +168,7 @@ class Verdict(NamedTuple):
 
 class CandidateVerdict(NamedTuple):
     """What verify_candidates decided for one image's drafts."""
+
     row: int  # a draft row consistent with everything kept
     accepted: int  # guesses kept
     next_token: int  # the correction or bonus token after them; -1 where the sequence is complete
@@ -192,7 +220,7 @@ class Trace:
         self.kept.append(m)
         end = min(start + m + 1, self.origin.shape[1])
         self.round_of[:, start:end] = self.rounds
-        self.origin[:, start:end] = torch.where(from_guess_row[:, :end - start].cpu(), 0, 1 if m < guessed else 2)
+        self.origin[:, start:end] = torch.where(from_guess_row[:, : end - start].cpu(), 0, 1 if m < guessed else 2)
         positions = torch.arange(tested.shape[1])[None]
         self.tested_kept.append((positions < accepted[:, None])[tested])
         self.tested_alpha.append(alpha[tested].float())
@@ -200,12 +228,20 @@ class Trace:
 
     def as_dict(self, target_passes: int, draft_passes: int) -> dict:
         kept, alpha = torch.cat(self.tested_kept), torch.cat(self.tested_alpha)
-        return {"rounds": self.rounds, "guessed": self.guessed, "kept": self.kept,
-                "target_passes": target_passes, "draft_passes": draft_passes,
-                "from_guess": self.origin == 0, "round_of": self.round_of, "origin": self.origin,
-                "acceptance": kept.float().mean().item() if kept.numel() else float("nan"),
-                "alpha": alpha.mean().item() if alpha.numel() else float("nan"),
-                "tested_kept": kept, "tested_alpha": alpha}
+        return {
+            "rounds": self.rounds,
+            "guessed": self.guessed,
+            "kept": self.kept,
+            "target_passes": target_passes,
+            "draft_passes": draft_passes,
+            "from_guess": self.origin == 0,
+            "round_of": self.round_of,
+            "origin": self.origin,
+            "acceptance": kept.float().mean().item() if kept.numel() else float("nan"),
+            "alpha": alpha.mean().item() if alpha.numel() else float("nan"),
+            "tested_kept": kept,
+            "tested_alpha": alpha,
+        }
 
 
 def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
@@ -221,8 +257,9 @@ def _commit(tokens, guesses, accepted, nxt):
     if m < guesses.shape[1] or bool((nxt >= 0).all()):
         follow = nxt if m == guesses.shape[1] else torch.where(accepted == m, nxt, guesses[:, m])  # (B,)
         new = torch.cat([new, follow[:, None]], 1)
-    from_guess = torch.cat([torch.ones_like(guesses[:, :m], dtype=torch.bool),
-                            (accepted > m)[:, None]], 1)  # (B, m + 1)
+    from_guess = torch.cat(
+        [torch.ones_like(guesses[:, :m], dtype=torch.bool), (accepted > m)[:, None]], 1
+    )  # (B, m + 1)
     return torch.cat([tokens, new], 1), m, from_guess
 
 
@@ -231,13 +268,13 @@ def _target_pass(target, tokens, guesses):
     and the one after, (B, g + 1, V), or (B, g, V) when the last guess ends the sequence."""
     n0, g = tokens.shape[1], guesses.shape[1]
     end = min(n0 + g, target.seq_len - 1)  # the last token of a sequence is never fed
-    out = target.feed(torch.cat([tokens, guesses], 1)[:, target.length:end])  # (B, k, V)
-    return out[:, -(end - n0 + 1):]
+    out = target.feed(torch.cat([tokens, guesses], 1)[:, target.length : end])  # (B, k, V)
+    return out[:, -(end - n0 + 1) :]
 
 
 def draft_tokens(draft, tokens, g: int, dice: Dice):
     """g guesses (B, g) from the draft model, one pass each, and the distributions they were drawn from (B, g, V)."""
-    probs = draft.feed(tokens[:, draft.length:])[:, -1]  # (B, V)
+    probs = draft.feed(tokens[:, draft.length :])[:, -1]  # (B, V)
     guesses, qs = [], []
     for i in range(g):
         x = dice.categorical(probs)  # (B,)
@@ -249,9 +286,21 @@ def draft_tokens(draft, tokens, g: int, dice: Dice):
 
 
 @torch.no_grad()
-def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4, temperature: float = 1.0,
-                       top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0,
-                       generator: torch.Generator | None = None, dice: Dice | None = None, relax=None):
+def speculative_sample(
+    target,
+    draft,
+    n: int = 1,
+    labels=None,
+    *,
+    gamma: int = 4,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    dice: Dice | None = None,
+    relax=None,
+):
     """Exact speculative sampling: the draft guesses gamma tokens, one target pass checks them all.
 
     Returns (tokens (n, L), trace). The tokens are distributed exactly as target.sample_tokens with the
@@ -265,8 +314,10 @@ def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
         tgt, drf = make_decoder(target, n, labels, sampling), make_decoder(draft, n, labels, sampling)
         if (tgt.seq_len, tgt.vocab_size) != (drf.seq_len, drf.vocab_size):
-            raise ValueError(f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
-                             f"vs {(drf.seq_len, drf.vocab_size)}")
+            raise ValueError(
+                f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
+                f"vs {(drf.seq_len, drf.vocab_size)}"
+            )
         dice = dice or Dice(generator)
         tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
         trace = Trace(n, tgt.seq_len)
@@ -274,8 +325,11 @@ def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4
             n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
             guesses, q = draft_tokens(drf, tokens, g, dice)  # (n, g), (n, g, V)
             p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-            p_at = None if relax is None else relaxed_distribution(p[:, :g], guesses, *relax).gather(
-                -1, guesses[..., None])[..., 0]
+            p_at = (
+                None
+                if relax is None
+                else relaxed_distribution(p[:, :g], guesses, *relax).gather(-1, guesses[..., None])[..., 0]
+            )
             accepted, nxt, tested, alpha = verify(p, q, guesses, dice, p_at)
             tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
             tgt.truncate(n0 + m)  # the kept guesses were fed with the right prefix: their cache entries stay
@@ -285,6 +339,7 @@ def speculative_sample(target, draft, n: int = 1, labels=None, *, gamma: int = 4
 
 
 # --- relaxed acceptance (LANTERN) ----------------------------------------------------
+
 
 def codebook_neighbours(codebook: torch.Tensor, k: int) -> torch.Tensor:
     """Codebook vectors (V, D) -> the k nearest other codes of every code (V, k), nearest first."""
@@ -312,8 +367,17 @@ def relaxed_distribution(p: torch.Tensor, tokens: torch.Tensor, neighbours: torc
 
 
 @torch.no_grad()
-def lantern_sample(target, draft, n: int = 1, labels=None, *, delta: float = 0.1, neighbours_k: int = 8,
-                   neighbours: torch.Tensor | None = None, **kwargs):
+def lantern_sample(
+    target,
+    draft,
+    n: int = 1,
+    labels=None,
+    *,
+    delta: float = 0.1,
+    neighbours_k: int = 8,
+    neighbours: torch.Tensor | None = None,
+    **kwargs,
+):
     """Speculative sampling with relaxed acceptance (LANTERN): a guess x is kept with probability
     min(1, p~(x)/q(x)), where p~ has moved up to delta of probability from x's k nearest codebook
     neighbours (latent look-alikes) onto x. Faster, no longer exact; delta = 0 is speculative_sample.
@@ -324,15 +388,18 @@ def lantern_sample(target, draft, n: int = 1, labels=None, *, delta: float = 0.1
     neighbours = torch.as_tensor(neighbours)
     V = target.vocab_size
     if neighbours.dim() != 2 or neighbours.shape[0] != V or neighbours.dtype.is_floating_point:
-        raise ValueError(f"neighbours must be integer code ids of shape ({V}, k), got {tuple(neighbours.shape)} "
-                         f"{neighbours.dtype}")
+        raise ValueError(
+            f"neighbours must be integer code ids of shape ({V}, k), got {tuple(neighbours.shape)} {neighbours.dtype}"
+        )
     if neighbours.numel() and (int(neighbours.min()) < 0 or int(neighbours.max()) >= V):
-        raise ValueError(f"neighbours must hold code ids in [0, {V}), got min {int(neighbours.min())}, "
-                         f"max {int(neighbours.max())}")
+        raise ValueError(
+            f"neighbours must hold code ids in [0, {V}), got min {int(neighbours.min())}, max {int(neighbours.max())}"
+        )
     return speculative_sample(target, draft, n, labels, relax=(neighbours, delta), **kwargs)
 
 
 # --- speculative Jacobi decoding --------------------------------------------------------
+
 
 def _initial_guess(init: str, seq, pos: int, grid: int, vocab: int, dice: Dice, dtype: torch.dtype):
     """A guess for position pos from the sequence so far (committed + guessed) and the q it came from."""
@@ -346,9 +413,20 @@ def _initial_guess(init: str, seq, pos: int, grid: int, vocab: int, dice: Dice, 
 
 
 @torch.no_grad()
-def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str = "random",
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  cfg_scale: float = 1.0, generator: torch.Generator | None = None, dice: Dice | None = None):
+def jacobi_sample(
+    target,
+    n: int = 1,
+    labels=None,
+    *,
+    window: int = 8,
+    init: str = "random",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    dice: Dice | None = None,
+):
     """Speculative Jacobi decoding (exact, no draft model): keep a window of guessed tokens after the
     committed ones; each target pass scores the whole window, verifies it left to right with the same
     rule, and redraws the guesses after the first rejection from that pass's p (which becomes their q).
@@ -359,9 +437,11 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     with eval_mode(target):
-        tgt = make_decoder(target, n, labels, dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale))
+        tgt = make_decoder(
+            target, n, labels, dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        )
         L, V = tgt.seq_len, tgt.vocab_size
-        grid = int(round(L ** 0.5))
+        grid = int(round(L**0.5))
         dice = dice or Dice(generator)
         tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
         guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=tgt.device)  # (n, w), (n, w, V)
@@ -369,8 +449,9 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
         while tokens.shape[1] < L:
             n0, g = tokens.shape[1], min(window, L - tokens.shape[1])
             while guesses.shape[1] < g:  # top up the window
-                x, qx = _initial_guess(init, torch.cat([tokens, guesses], 1), n0 + guesses.shape[1], grid, V, dice,
-                                       tgt.dtype)
+                x, qx = _initial_guess(
+                    init, torch.cat([tokens, guesses], 1), n0 + guesses.shape[1], grid, V, dice, tgt.dtype
+                )
                 guesses = torch.cat([guesses, x[:, None]], 1)
                 q = torch.cat([q, qx[:, None]], 1)
             p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
@@ -380,13 +461,14 @@ def jacobi_sample(target, n: int = 1, labels=None, *, window: int = 8, init: str
             trace.record(n0, g, m, from_guess, tested, accepted, alpha)
             # guesses after the committed ones are redrawn from this pass (conditioned on stale guesses: still a
             # valid q, because they are drawn from it)
-            rest = p[:, m + 1:g]  # (n, g - m - 1, V)
+            rest = p[:, m + 1 : g]  # (n, g - m - 1, V)
             guesses = dice.categorical(rest) if rest.shape[1] else tokens[:, :0]
             q = rest
         return tokens, trace.as_dict(tgt.passes, 0)
 
 
 # --- multi-draft: k guesses per position, recursive rejection sampling -----------------
+
 
 def verify_candidates(p, q, guesses, alive: list, dice: Dice) -> CandidateVerdict:
     """Verify one image's drafts (rows `alive` of guesses (R, g), p (R, g + 1, V), q (R, g, V)) position by
@@ -416,9 +498,21 @@ def verify_candidates(p, q, guesses, alive: list, dice: Dice) -> CandidateVerdic
 
 
 @torch.no_grad()
-def multi_draft_sample(target, draft, n: int = 1, labels=None, *, drafts: int = 3, gamma: int = 4,
-                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                       cfg_scale: float = 1.0, generator: torch.Generator | None = None, dice: Dice | None = None):
+def multi_draft_sample(
+    target,
+    draft,
+    n: int = 1,
+    labels=None,
+    *,
+    drafts: int = 3,
+    gamma: int = 4,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    dice: Dice | None = None,
+):
     """Exact multi-draft speculative sampling: the draft proposes `drafts` independent sequences of gamma
     tokens; one target pass scores them all (as drafts x n rows); verify_candidates applies recursive
     rejection sampling to each image's drafts. Returns (tokens (n, L), trace)."""
@@ -438,8 +532,9 @@ def multi_draft_sample(target, draft, n: int = 1, labels=None, *, drafts: int = 
             n0, g = rows.shape[1], min(gamma, tgt.seq_len - rows.shape[1])
             guesses, q = draft_tokens(drf, rows, g, dice)  # (n k, g), (n k, g, V)
             p = _target_pass(tgt, rows, guesses)  # (n k, g + 1, V)
-            keep_row, accepted, nxt, tested, alpha = zip(*[
-                verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)])
+            keep_row, accepted, nxt, tested, alpha = zip(
+                *[verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)]
+            )
             keep_row = torch.tensor(keep_row, device=rows.device)
             chosen = guesses[keep_row]  # (n, g): the guesses of a surviving draft of every image
             accepted, nxt = torch.tensor(accepted, device=rows.device), torch.tensor(nxt, device=rows.device)

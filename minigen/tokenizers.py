@@ -5,6 +5,7 @@ downsamples by 4, each latent vector snaps to its nearest codebook entry (straig
 a conv decoder maps the codes back. ConvEncoder / ConvDecoder / VectorQuantizer are the shared parts;
 MultiScaleVQ (VAR) quantises coarse to fine, ContinuousAE (MAR) keeps the 7x7 latents continuous.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,10 +48,12 @@ def fp32(module: nn.Module):
 
 def in_fp32(method):
     """Decorator: run a tokenizer method with autocast off (see fp32)."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with fp32(self):
             return method(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -84,10 +87,13 @@ class ConvEncoder(nn.Module):
     def __init__(self, channels: int, n_res: int, out_dim: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, channels // 2, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(1, channels // 2, 4, stride=2, padding=1),
+            nn.ReLU(),  # 28 -> 14
             nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1),  # 14 -> 7
-            *[ResBlock(channels) for _ in range(n_res)], nn.ReLU(),
-            nn.Conv2d(channels, out_dim, 1))
+            *[ResBlock(channels) for _ in range(n_res)],
+            nn.ReLU(),
+            nn.Conv2d(channels, out_dim, 1),
+        )
 
     def forward(self, images):
         return self.net(2 * images - 1)  # centred input
@@ -100,9 +106,12 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_dim, channels, 3, padding=1),
-            *[ResBlock(channels) for _ in range(n_res)], nn.ReLU(),
-            nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(channels // 2, 1, 4, stride=2, padding=1))  # 14 -> 28
+            *[ResBlock(channels) for _ in range(n_res)],
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1),
+            nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(channels // 2, 1, 4, stride=2, padding=1),
+        )  # 14 -> 28
 
     def forward(self, latents):
         return self.net(latents)
@@ -118,8 +127,15 @@ class VectorQuantizer(nn.Module):
     It computes in fp32 whatever the autocast around it: a bf16 distance changes a fifth of the argmins.
     """
 
-    def __init__(self, n_codes: int, dim: int, beta: float = 0.25, restart_every: int = 100,
-                 dead_below: float = 1.0, usage_decay: float = 0.99):
+    def __init__(
+        self,
+        n_codes: int,
+        dim: int,
+        beta: float = 0.25,
+        restart_every: int = 100,
+        dead_below: float = 1.0,
+        usage_decay: float = 0.99,
+    ):
         super().__init__()
         self.n_codes, self.beta = n_codes, beta
         self.restart_every, self.dead_below, self.usage_decay = restart_every, dead_below, usage_decay
@@ -210,8 +226,7 @@ class VQVAE(ImageTokenizer):
         self.config = c = config
         self.grid = c.image_size // 4
         self.encoder = ConvEncoder(c.channels, c.n_res, c.latent_dim)
-        self.quantizer = VectorQuantizer(c.n_codes, c.latent_dim, c.beta, c.restart_every, c.dead_below,
-                                         c.usage_decay)
+        self.quantizer = VectorQuantizer(c.n_codes, c.latent_dim, c.beta, c.restart_every, c.dead_below, c.usage_decay)
         self.decoder = ConvDecoder(c.channels, c.n_res, c.latent_dim)
         self._last = {}
 
@@ -275,12 +290,17 @@ class VQVAE(ImageTokenizer):
                 sq_err += float((self.decode(tok) - chunk).square().sum())
                 codes.append(tok.cpu())
         usage = codebook_usage(torch.cat(codes), self.config.n_codes)
-        return {"mse": sq_err / images.numel(), "perplexity": usage["perplexity"],
-                "used_fraction": usage["used_fraction"], "counts": usage["counts"],
-                "bits_per_image": self.grid ** 2 * math.log2(self.config.n_codes)}
+        return {
+            "mse": sq_err / images.numel(),
+            "perplexity": usage["perplexity"],
+            "used_fraction": usage["used_fraction"],
+            "counts": usage["counts"],
+            "bits_per_image": self.grid**2 * math.log2(self.config.n_codes),
+        }
 
 
 # --- VAR's multi-scale residual quantizer --------------------------------------------------
+
 
 @dataclass
 class MultiScaleVQConfig(VQConfig):
@@ -402,11 +422,17 @@ class MultiScaleVQ(VQVAE):
                 codes.append(torch.cat([c.flatten(1) for c in per_scale], 1).cpu())
         usage = codebook_usage(torch.cat(codes), self.config.n_codes)
         mse = (sq / images.numel()).tolist()
-        return {"mse": mse[-1], "mse_per_scale": mse, "perplexity": usage["perplexity"],
-                "used_fraction": usage["used_fraction"], "counts": usage["counts"]}
+        return {
+            "mse": mse[-1],
+            "mse_per_scale": mse,
+            "perplexity": usage["perplexity"],
+            "used_fraction": usage["used_fraction"],
+            "counts": usage["counts"],
+        }
 
 
 # --- MAR's continuous tokenizer ---------------------------------------------------------------
+
 
 @dataclass
 class AEConfig:
@@ -521,7 +547,7 @@ class OnTokenizer:
     def attach_tokenizer(self, config: VQConfig, tokenizer_class=None):
         self.tokenizer = (tokenizer_class or VQVAE)(config).requires_grad_(False).eval()
         self.grid = config.image_size // 4
-        self.seq_len, self.vocab_size = self.grid ** 2, getattr(config, "n_codes", None)  # None: continuous
+        self.seq_len, self.vocab_size = self.grid**2, getattr(config, "n_codes", None)  # None: continuous
 
     @classmethod
     def from_tokenizer(cls, tokenizer: ImageTokenizer, **config):
@@ -547,8 +573,9 @@ class OnTokenizer:
         if x.dim() == 2 and x.shape[1] == self.seq_len:
             x = x.view(-1, self.grid, self.grid)
         if x.dim() != 3 or tuple(x.shape[1:]) != (self.grid, self.grid):
-            raise ValueError(f"expected token grids (B, {self.grid}, {self.grid}) or (B, {self.seq_len}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected token grids (B, {self.grid}, {self.grid}) or (B, {self.seq_len}), got {tuple(x.shape)}"
+            )
         return self.tokenizer.check_tokens(x).flatten(1)  # (B, L)
 
     def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -567,7 +594,11 @@ class OnTokenizer:
         hidden = (~known).view(n, 1, self.grid, self.grid)
         hidden = hidden.repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (n, 1, H, W)
         return images.cpu().masked_fill(hidden.cpu(), 0.5)
+
+
 MSVQ_PRESETS = PRESETS  # restarts count training steps, not quantizer calls: the same table serves VAR's tokenizer
 # the VQ-VAE's sizes and steps, without its codebook fields: notebook 06 sets the two tokenizers side by side
-AE_PRESETS = {name: {**spec, "config": {k: v for k, v in spec["config"].items() if k in ("channels", "n_res")}}
-              for name, spec in PRESETS.items()}
+AE_PRESETS = {
+    name: {**spec, "config": {k: v for k, v in spec["config"].items() if k in ("channels", "n_res")}}
+    for name, spec in PRESETS.items()
+}

@@ -5,6 +5,7 @@ cosine decay, gradient clipping, optional EMA weights, mixed precision (automati
 forceable on CPU so tests exercise the GPU path), a tqdm.auto bar, periodic evaluation and
 resumable checkpoints (loaded with weights_only).
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # na
 
 
 # --- environment ---------------------------------------------------------------------
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """cuda, then mps, then cpu; `device` or $MINIGEN_DEVICE overrides the choice."""
@@ -109,12 +111,21 @@ class RunClock:
 
 # --- checkpoints --------------------------------------------------------------------
 
+
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 
-def save_checkpoint(path, model: nn.Module, *, step: int = 0, optimizer=None, ema: nn.Module | None = None,
-                    history: dict | None = None, extra: dict | None = None):
+def save_checkpoint(
+    path,
+    model: nn.Module,
+    *,
+    step: int = 0,
+    optimizer=None,
+    ema: nn.Module | None = None,
+    history: dict | None = None,
+    extra: dict | None = None,
+):
     """torch.save of plain data only (state dicts, config dict, numbers), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,8 +169,9 @@ def load_weights(model: nn.Module, state: dict, prefer_ema: bool = True, path="c
         raise CheckpointError(f"{path} holds a {state.get('model')!r}, not a {model_key(model)!r}")
     config = getattr(model, "config", None)
     if dataclasses.is_dataclass(config) and state.get("config") != dataclasses.asdict(config):
-        raise CheckpointError(f"{path} was trained with config {state.get('config')}, "
-                              f"not this model's {dataclasses.asdict(config)}")
+        raise CheckpointError(
+            f"{path} was trained with config {state.get('config')}, not this model's {dataclasses.asdict(config)}"
+        )
     weights = state["ema"] if prefer_ema and state.get("ema") else state["state_dict"]
     try:
         model.load_state_dict(weights)
@@ -172,6 +184,7 @@ def model_key(model: nn.Module) -> str:
 
 
 # --- the loop -----------------------------------------------------------------------
+
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float = 0.1) -> float:
     """Linear warm-up for `warmup` steps, then cosine decay to min_lr_ratio * lr."""
@@ -217,12 +230,28 @@ def evaluate(model: nn.Module, data: Iterable, device=None, max_batches: int | N
     return total / count
 
 
-def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.01,
-        warmup: int | None = None, min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0,
-        ema_decay: float | None = None,
-        eval_data: Iterable | None = None, eval_every: int | None = None, eval_batches: int = 10,
-        device=None, precision: str | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
-        resume: bool = False, progress: bool = True, desc: str | None = None) -> dict:
+def fit(
+    model: nn.Module,
+    data: Iterable,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup: int | None = None,
+    min_lr_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+    ema_decay: float | None = None,
+    eval_data: Iterable | None = None,
+    eval_every: int | None = None,
+    eval_batches: int = 10,
+    device=None,
+    precision: str | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict:
     """Train `model` on batches from `data` (cycled) for `steps` optimizer steps.
 
     The learning rate warms up linearly for `warmup` steps, then follows a cosine down to
@@ -245,8 +274,11 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
     history = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": [], "seconds": 0.0}
     start_step = 0
@@ -266,8 +298,14 @@ def fit(model: nn.Module, data: Iterable, *, steps: int, lr: float = 1e-3, weigh
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history["precision"] = precision
     batches = _forever(data)
-    bar = progress_bar(range(start_step, steps), progress, initial=start_step, total=steps,
-                       desc=desc or type(model).__name__, dynamic_ncols=True)
+    bar = progress_bar(
+        range(start_step, steps),
+        progress,
+        initial=start_step,
+        total=steps,
+        desc=desc or type(model).__name__,
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     smooth = None
     for step in bar:

@@ -3,8 +3,10 @@
 Every function draws with matplotlib and works without a live kernel (nbval, GitHub's
 renderer). `show_frames` adds an ipywidgets slider when a live Jupyter kernel is there.
 """
+
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,13 +28,14 @@ def make_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float = 
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top:top + h, left:left + w] = x[i]
+        grid[:, top : top + h, left : left + w] = x[i]
     grid = grid.clamp(0, 1).numpy()
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def show_images(images, nrow: int | None = None, title: str | None = None, ax=None, cmap: str = "gray_r",
-                size: float = 4.0):
+def show_images(
+    images, nrow: int | None = None, title: str | None = None, ax=None, cmap: str = "gray_r", size: float = 4.0
+):
     """Draw a grid of images; dark ink on white (gray_r) suits digits."""
     grid = make_grid(images, nrow, pad_value=0.0 if cmap == "gray_r" else 1.0)
     if ax is None:
@@ -44,11 +47,23 @@ def show_images(images, nrow: int | None = None, title: str | None = None, ax=No
     return ax
 
 
+def write_atomically(path, write):
+    """write(temporary path) then rename onto `path`: a failure leaves neither a half file nor the temporary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells matplotlib the format
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_images(images, path, nrow: int | None = None):
-    """Write a grid of images to a PNG file."""
+    """Write a grid of images to a picture file (PNG, or the format the suffix names)."""
     grid = make_grid(images, nrow, pad_value=0.0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, grid, cmap="gray_r", vmin=0, vmax=1)
+    write_atomically(path, lambda tmp: plt.imsave(tmp, grid, cmap="gray_r", vmin=0, vmax=1))
 
 
 def save_series(series, path, max_lines: int = 8):
@@ -60,9 +75,10 @@ def save_series(series, path, max_lines: int = 8):
     for row in x[:max_lines]:
         ax.plot(row, lw=0.8)
     ax.set_xlabel("t")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_coefficients(coeffs: dict, ax=None, title: str = "AR coefficients by lag"):
@@ -85,8 +101,14 @@ def plot_coefficients(coeffs: dict, ax=None, title: str = "AR coefficients by la
     return ax
 
 
-def plot_history(history: dict, ax=None, title: str = "training loss", reference: float | None = None,
-                 reference_label: str = "true entropy", ylabel: str = "loss"):
+def plot_history(
+    history: dict,
+    ax=None,
+    title: str = "training loss",
+    reference: float | None = None,
+    reference_label: str = "true entropy",
+    ylabel: str = "loss",
+):
     """Loss per step (faint), its moving average, eval points, and an optional reference line."""
     if not history.get("loss"):
         raise ValueError("history has no losses to plot")
@@ -96,7 +118,7 @@ def plot_history(history: dict, ax=None, title: str = "training loss", reference
     ax.plot(steps, loss, color="C0", alpha=0.25, lw=0.8)
     window = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    ax.plot(steps[window - 1:], smooth, color="C0", label="train (moving average)")
+    ax.plot(steps[window - 1 :], smooth, color="C0", label="train (moving average)")
     if history.get("eval_loss"):
         ax.plot(history["eval_step"], history["eval_loss"], "o-", color="C1", ms=3, label="eval")
     if reference is not None:
@@ -127,16 +149,23 @@ def show_mask(mask, ax=None, title: str | None = None, block_sizes=None):
 
 def _in_live_kernel() -> bool:
     try:
-        from IPython import get_ipython
         import ipywidgets  # noqa: F401
+        from IPython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
 
 
-def show_frames(frames, titles=None, n_static: int = 8, nrow: int | None = None, interactive: bool | None = None,
-                size: float = 1.6, suptitle: str | None = None):
+def show_frames(
+    frames,
+    titles=None,
+    n_static: int = 8,
+    nrow: int | None = None,
+    interactive: bool | None = None,
+    size: float = 1.6,
+    suptitle: str | None = None,
+):
     """Show a generation trace: frames (F, N, C, H, W) or (F, C, H, W), one per step.
 
     Always draws a static row of `n_static` evenly spaced frames (what nbval and GitHub
@@ -178,5 +207,6 @@ def show_frames(frames, titles=None, n_static: int = 8, nrow: int | None = None,
     draw(n_frames - 1)
     box = widgets.VBox([slider, out])
     from IPython.display import display
+
     display(box)
     return box

@@ -2,8 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from minigen.arnet import (ARNet, ARNetConfig, ClassicAR, ar_roots, fit_arnet, generate_ar, is_stationary, lag_matrix,
-                           random_ar_coeffs, sparse_ar_coeffs, stpe)
+from minigen.arnet import (
+    ARNet,
+    ARNetConfig,
+    ClassicAR,
+    ar_roots,
+    fit_arnet,
+    generate_ar,
+    is_stationary,
+    lag_matrix,
+    random_ar_coeffs,
+    sparse_ar_coeffs,
+    stpe,
+)
 
 
 def test_generated_processes_are_stationary_and_reproducible():
@@ -39,17 +50,20 @@ def test_lag_matrix_layout():
     assert Y.tolist() == [[2, 3], [3, 4], [4, 5]]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: lag_matrix(np.ones(10), 0), "positive integer"),
-    (lambda: lag_matrix(np.ones(10), 2.5), "positive integer"),
-    (lambda: lag_matrix(np.ones(5), 5), "too short"),
-    (lambda: lag_matrix(np.array([1.0, np.nan, 2.0, 3.0, 4.0]), 2), "NaN"),
-    (lambda: lag_matrix(np.ones((4, 4)), 2), "1-D"),
-    (lambda: ClassicAR.fit(np.ones(3), 5), "too short"),
-    (lambda: fit_arnet(np.ones(3), 5), "too short"),
-    (lambda: ARNet(ARNetConfig(p=0)), "positive integer"),
-    (lambda: random_ar_coeffs(-1), "positive integer"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: lag_matrix(np.ones(10), 0), "positive integer"),
+        (lambda: lag_matrix(np.ones(10), 2.5), "positive integer"),
+        (lambda: lag_matrix(np.ones(5), 5), "too short"),
+        (lambda: lag_matrix(np.array([1.0, np.nan, 2.0, 3.0, 4.0]), 2), "NaN"),
+        (lambda: lag_matrix(np.ones((4, 4)), 2), "1-D"),
+        (lambda: ClassicAR.fit(np.ones(3), 5), "too short"),
+        (lambda: fit_arnet(np.ones(3), 5), "too short"),
+        (lambda: ARNet(ARNetConfig(p=0)), "positive integer"),
+        (lambda: random_ar_coeffs(-1), "positive integer"),
+    ],
+)
 def test_invalid_inputs_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,6 +1,6 @@
 import json
+
 import pytest
-import torch
 
 from minigen import bench
 from minigen.train import save_checkpoint
@@ -8,14 +8,36 @@ from minigen.train import save_checkpoint
 
 def test_bench_smoke_reports_rows_ratios_and_device(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(["--preset", "smoke", "--paradigms", "token", "pixelgpt", "maskgit", "var", "--batches", "1", "2",
-                       "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--preset",
+                "smoke",
+                "--paradigms",
+                "token",
+                "pixelgpt",
+                "maskgit",
+                "var",
+                "--batches",
+                "1",
+                "2",
+                "--repeats",
+                "1",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["device"].startswith("cpu") and report["torch"]
     assert {(r["paradigm"], r["variant"], r["batch"]) for r in report["rows"]} == {
-        (p, v, b) for p in ("token", "pixelgpt") for v in ("KV cache", "recompute") for b in (1, 2)} | {
-        ("maskgit", v, b) for v in ("T=8", "T=49") for b in (1, 2)} | {
-        ("var", v, b) for v in ("KV cache", "recompute") for b in (1, 2)}
+        (p, v, b) for p in ("token", "pixelgpt") for v in ("KV cache", "recompute") for b in (1, 2)
+    } | {("maskgit", v, b) for v in ("T=8", "T=49") for b in (1, 2)} | {
+        ("var", v, b) for v in ("KV cache", "recompute") for b in (1, 2)
+    }
     assert {r["passes"] for r in report["rows"] if r["paradigm"] == "maskgit"} == {8, 49}
     assert {r["passes"] for r in report["rows"] if r["paradigm"] == "var"} == {6}
     token_rows = [r for r in report["rows"] if r["paradigm"] == "token"]
@@ -27,10 +49,17 @@ def test_bench_smoke_reports_rows_ratios_and_device(tmp_path, capsys):
 
 def test_bench_uses_given_checkpoints_and_rejects_unknown_names(tmp_path, capsys):
     from minigen import registry
+
     model = registry.recipe("token", "smoke")["model"]
     save_checkpoint(tmp_path / "t.pt", model, step=1)
-    report = bench.run(paradigms=["token"], preset="smoke", batches=[1], repeats=1,
-                       checkpoints={"token": str(tmp_path / "t.pt")}, device="cpu")
+    report = bench.run(
+        paradigms=["token"],
+        preset="smoke",
+        batches=[1],
+        repeats=1,
+        checkpoints={"token": str(tmp_path / "t.pt")},
+        device="cpu",
+    )
     assert all(r["trained"] for r in report["rows"])
     assert bench.main(["--paradigms", "nope", "--preset", "smoke"]) == 2
     assert bench.main(["--checkpoint", "token", "--preset", "smoke"]) == 2
@@ -62,9 +91,17 @@ def test_bench_times_mar_with_its_transformer_and_head_passes():
 def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
     from minigen import registry
     from minigen.data import data_dir
+
     save_checkpoint(data_dir() / "03_token_smoke.pt", registry.recipe("token", "smoke")["model"], step=1)
-    report = bench.run(paradigms=["token", "speculative"], preset="smoke", batches=[1], repeats=1, device="cpu",
-                       models="notebooks", samples=20)
+    report = bench.run(
+        paradigms=["token", "speculative"],
+        preset="smoke",
+        batches=[1],
+        repeats=1,
+        device="cpu",
+        models="notebooks",
+        samples=20,
+    )
     rows = {(r["paradigm"], r["variant"]): r for r in report["rows"]}
     assert all(r["trained"] for r in rows.values())
     assert (data_dir() / "bench" / "draft-smoke" / "model.pt").exists()  # no notebook draft: trained now
@@ -90,6 +127,7 @@ def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
 
 def test_a_stale_notebook_checkpoint_is_reported_and_replaced(capsys):
     from minigen.data import data_dir
+
     stale = data_dir() / "05_maskgit_smoke.pt"
     stale.write_bytes(b"not a checkpoint")
     model, path = bench.build("maskgit", "smoke", {}, "cpu", models="notebooks")
@@ -101,6 +139,7 @@ def test_a_stale_notebook_checkpoint_is_reported_and_replaced(capsys):
 
 def test_every_paradigm_is_one_table_row_and_run_takes_keywords_only():
     from minigen import metrics, registry
+
     assert set(bench.PARADIGMS) <= set(registry.names()) and bench.Yardstick is metrics.Yardstick  # notebook 09
     assert set(bench.NOTEBOOK_CHECKPOINTS) == set(bench.PARADIGMS) | {"draft"}
     with pytest.raises(TypeError):
@@ -111,3 +150,21 @@ def test_every_paradigm_is_one_table_row_and_run_takes_keywords_only():
     report = bench.run(paradigms=["pixelcnn"], preset="smoke", batches=[1], repeats=1, device="cpu")
     assert [(r["variant"], r["passes"]) for r in report["rows"]] == [("windowed", 784)]
     assert "| Gated PixelCNN | windowed | 784 |" in bench.markdown_table(report)
+
+
+def test_report_rows_keep_their_keys_and_ratios_divide_the_slow_row_by_the_fast_one():
+    from minigen import report
+
+    rows = [report.row("token", "recompute", 2, 49, 0.5, trained=False), report.row("token", "KV cache", 2, 49, 0.1)]
+    assert list(rows[0]) == [
+        "paradigm",
+        "variant",
+        "batch",
+        "passes",
+        "seconds_per_batch",
+        "images_per_second",
+        "trained",
+    ]
+    assert rows[0]["images_per_second"] == 4
+    pairs = [("cache", "token", "recompute", "token", "KV cache"), ("missing", "var", "recompute", "var", "KV cache")]
+    assert report.ratios(rows, pairs, [1, 2]) == [dict(ratio="cache", batch=2, speedup=pytest.approx(5))]

@@ -16,8 +16,13 @@ from minigen.cli import main, train  # noqa: E402
 def test_cli_train_smoke_writes_checkpoint_samples_and_metrics(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, "-m", "minigen", "train", "pixelgpt", "--preset", "smoke", "--out", str(out),
-                           "--n", "16"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "minigen", "train", "pixelgpt", "--preset", "smoke", "--out", str(out), "--n", "16"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in out.iterdir()} >= {"model.pt", "samples.png", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -61,6 +66,7 @@ def test_registry_recipes_exist_for_every_preset():
         registry.kind_of(torch.nn.Linear(1, 1))
     # the draft GPT is a TokenGPT of token_ar on its data, with speculative decoding's presets
     from minigen import speculative, token_ar
+
     draft = registry.recipe("draft", "smoke")
     assert type(draft["model"]) is token_ar.TokenGPT and draft["data"] == token_ar.DATA and draft["tokenizer"] == "vq"
     assert draft["steps"] == speculative.DRAFT_PRESETS["smoke"]["steps"]
@@ -78,8 +84,9 @@ def test_figures_draw_without_a_kernel():
     assert viz.show_frames(frames, interactive=False) is None
     with pytest.raises(ValueError, match="titles"):
         viz.show_frames(frames, titles=["a"])
-    ax = viz.plot_history({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "eval_step": [3], "eval_loss": [1.5]},
-                          reference=0.5)
+    ax = viz.plot_history(
+        {"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "eval_step": [3], "eval_loss": [1.5]}, reference=0.5
+    )
     assert len(ax.lines) == 4
     with pytest.raises(ValueError, match="no losses"):
         viz.plot_history({"step": [], "loss": []})
@@ -123,12 +130,30 @@ def test_cli_trains_the_tokenizer_then_the_token_gpt(tmp_path):
 def test_cli_trains_maskgit_on_a_given_tokenizer(tmp_path):
     assert main(["train", "vq", "--preset", "smoke", "--out", str(tmp_path / "myvq"), "--n", "4"]) == 0
     out = tmp_path / "maskgit"
-    assert main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--n", "10",
-                 "--tokenizer", str(tmp_path / "myvq" / "model.pt")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "maskgit",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--n",
+                "10",
+                "--tokenizer",
+                str(tmp_path / "myvq" / "model.pt"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "maskgit" and metrics["samples_per_second"] > 0
     assert not (tmp_path / "vq-smoke").exists()  # the given tokenizer was used, none trained
-    assert main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--tokenizer", str(tmp_path / "nope.pt")]) == 2
+    assert (
+        main(["train", "maskgit", "--preset", "smoke", "--out", str(out), "--tokenizer", str(tmp_path / "nope.pt")])
+        == 2
+    )
 
 
 def test_cli_trains_var_with_its_multiscale_tokenizer(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from minigen import data
 from minigen.data import BinaryPatterns, DownloadError, download, fetch_idx_dataset, load_images, make_loader, read_idx
 
-
 # --- the offline default -------------------------------------------------------------
+
 
 def test_subset_split_is_deterministic_balanced_and_disjoint():
     train, test = load_images("mnist-subset", "train"), load_images("mnist-subset", "test")
@@ -49,6 +49,7 @@ def test_loader_is_seeded():
 
 # --- downloads against files the tests write -----------------------------------------
 
+
 def write_idx(path, array: np.ndarray):
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
     with gzip.open(path, "wb") as fh:
@@ -64,10 +65,12 @@ def fake_server(tmp_path):
     rng = np.random.default_rng(0)
     sums = {}
     for prefix, n in (("train", 12), ("t10k", 5)):
-        sums[f"{prefix}-images-idx3-ubyte.gz"] = write_idx(src / f"{prefix}-images-idx3-ubyte.gz",
-                                                           rng.integers(0, 256, (n, 28, 28)))
-        sums[f"{prefix}-labels-idx1-ubyte.gz"] = write_idx(src / f"{prefix}-labels-idx1-ubyte.gz",
-                                                           rng.integers(0, 10, (n,)))
+        sums[f"{prefix}-images-idx3-ubyte.gz"] = write_idx(
+            src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28))
+        )
+        sums[f"{prefix}-labels-idx1-ubyte.gz"] = write_idx(
+            src / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,))
+        )
     return src, src.as_uri() + "/", sums
 
 
@@ -76,8 +79,10 @@ def test_download_verifies_and_parses(fake_server, tmp_path):
     images, labels = fetch_idx_dataset("mnist", "train", root=tmp_path / "dl", base_url=url, checksums=sums)
     assert images.shape == (12, 28, 28) and labels.shape == (12,)
     assert np.array_equal(images, read_idx(src / "train-images-idx3-ubyte.gz"))
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["train-images-idx3-ubyte.gz",
-                                                                   "train-labels-idx1-ubyte.gz"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
 
 
 def test_download_rejects_wrong_checksum_and_leaves_no_file(fake_server, tmp_path):
@@ -124,6 +129,7 @@ def test_real_checksums_are_pinned():
 
 
 # --- synthetic data with known entropy -----------------------------------------------
+
 
 def test_binary_patterns_entropy():
     noiseless = BinaryPatterns(size=3, n_patterns=5, flip=0.0)

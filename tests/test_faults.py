@@ -1,6 +1,8 @@
 """Bad input and faults through the public API: each is refused early, with a message naming the argument
 or path, and leaves no partial file behind. (The command line's faults are in test_cli_faults.py.)"""
+
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -22,9 +24,10 @@ def tiny_token_gpt(seed=0, **kw):
 
 # --- half-written files ---------------------------------------------------------------------
 
+
 def test_a_failed_save_leaves_neither_the_file_nor_its_temporary(tmp_path):
     model = PixelGPT(PixelGPTConfig(image_size=4, n_layer=1, n_head=2, n_embd=16))
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local lambda cannot be pickled
         save_checkpoint(tmp_path / "model.pt", model, extra={"unpicklable": lambda: None})
     assert list(tmp_path.iterdir()) == []
 
@@ -51,8 +54,11 @@ def test_a_checkpoint_with_an_impossible_config_is_a_checkpoint_error_naming_the
 
 # --- bad data -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, message", [(float("nan"), "NaN"), (float("inf"), "NaN or infinite"),
-                                            (200.0, r"\[0, 1\]"), (-0.5, r"\[0, 1\]")])
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(float("nan"), "NaN"), (float("inf"), "NaN or infinite"), (200.0, r"\[0, 1\]"), (-0.5, r"\[0, 1\]")],
+)
 def test_images_outside_0_1_or_not_finite_are_refused_by_every_model(value, message):
     images = torch.rand(2, 1, 28, 28)
     images[1, 0, 3, 4] = value
@@ -74,6 +80,7 @@ def test_labels_that_do_not_match_the_batch_are_refused():
 
 
 # --- sampling arguments ---------------------------------------------------------------------
+
 
 def test_guidance_without_labels_is_refused():
     model = tiny_token_gpt()
@@ -98,9 +105,71 @@ def test_lantern_never_outputs_a_token_the_warped_target_rules_out():
     torch.nn.init.normal_(target.head.weight, std=1.0)
     torch.nn.init.normal_(draft.head.weight, std=1.0)
     neighbours = S.codebook_neighbours(torch.randn(16, 3), 4)
-    tokens, _ = S.lantern_sample(target, draft, 30, torch.arange(30) % 10, gamma=3, delta=0.5, top_k=3,
-                                 neighbours=neighbours, generator=torch.Generator().manual_seed(0))
+    tokens, _ = S.lantern_sample(
+        target,
+        draft,
+        30,
+        torch.arange(30) % 10,
+        gamma=3,
+        delta=0.5,
+        top_k=3,
+        neighbours=neighbours,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         logits = target(tokens, torch.arange(30) % 10)  # (30, 49, V): the distribution each token came from
     top3 = logits.topk(3, dim=-1).indices
     assert (top3 == tokens[..., None]).any(-1).all(), "a token outside the target's top-k was output"
+
+
+# --- AR-Net ---------------------------------------------------------------------------------
+
+
+def test_arnet_and_classic_ar_refuse_what_they_cannot_use():
+    import numpy as np
+
+    from minigen.arnet import ARNet, ARNetConfig, ClassicAR, generate_ar, sparse_ar_coeffs
+
+    w = sparse_ar_coeffs({1: 0.5, 2: -0.2})
+    series = generate_ar(w, 300, seed=0)
+    for model in (ClassicAR.fit(series, 2), ARNet(ARNetConfig(p=2))):
+        for bad in (np.nan, np.inf):
+            history = series.copy()
+            history[-1] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                model.forecast(history, 5)
+        for horizon in (-2, 0, 2.5):
+            with pytest.raises(ValueError, match="horizon"):
+                model.forecast(series, horizon)
+        assert model.forecast(series, 3).shape == (3,)
+    net = ARNet(ARNetConfig(p=2))
+    for noise in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="noise_std"):
+            net.sample(2, length=5, noise_std=noise)
+        with pytest.raises(ValueError, match="noise_std"):
+            generate_ar(w, 10, noise_std=noise)
+    assert net.sample(2, length=5, noise_std=0.0).shape == (2, 5)
+
+
+# --- cached data ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["twenty images", "all black", "not an npz"])
+def test_a_cached_subset_with_the_wrong_content_is_rebuilt(tmp_path, monkeypatch, damage, capsys):
+    import numpy as np
+
+    from minigen import data
+
+    monkeypatch.setenv("MINIGEN_DATA", str(tmp_path))
+    images, labels = data.mnist_subset_arrays()  # builds the cache
+    cache = tmp_path / "mnist_subset.npz"
+    if damage == "twenty images":
+        np.savez_compressed(cache, images=images[:20], labels=labels[:20])
+    elif damage == "all black":
+        np.savez_compressed(cache, images=np.zeros_like(images), labels=labels)
+    else:
+        cache.write_bytes(b"PK\x03\x04 half a zip")
+    again, again_labels = data.mnist_subset_arrays()
+    assert "rebuilding" in capsys.readouterr().out
+    assert np.array_equal(again, images) and np.array_equal(again_labels, labels)
+    assert data.subset_checksum(*data.mnist_subset_arrays()) == data.MNIST_SUBSET_SHA256

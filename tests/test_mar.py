@@ -21,6 +21,7 @@ def small(**kw):
 
 # --- the diffusion head alone ---
 
+
 def mixture(n: int, cond: torch.Tensor) -> torch.Tensor:
     """Condition 0: two blobs at (+-2, 0), std 0.3. Condition 1: a correlated Gaussian at (1, -1)."""
     x = torch.empty(n, 2)
@@ -33,8 +34,10 @@ def mixture(n: int, cond: torch.Tensor) -> torch.Tensor:
     return x
 
 
-TRUE = {0: (torch.tensor([0.0, 0.0]), torch.tensor([[4.09, 0.0], [0.0, 0.09]])),  # 2^2 + 0.3^2 along x
-        1: (torch.tensor([1.0, -1.0]), torch.tensor([[0.36, 0.24], [0.24, 0.41]]))}  # chol @ chol.T
+TRUE = {
+    0: (torch.tensor([0.0, 0.0]), torch.tensor([[4.09, 0.0], [0.0, 0.09]])),  # 2^2 + 0.3^2 along x
+    1: (torch.tensor([1.0, -1.0]), torch.tensor([[0.36, 0.24], [0.24, 0.41]])),
+}  # chol @ chol.T
 
 
 def close_to(samples, cond) -> bool:
@@ -74,7 +77,9 @@ def test_diffusion_head_learns_a_conditional_2d_mixture(toy_head, steps):
 def test_untrained_head_fails_the_mixture_check():
     torch.manual_seed(0)
     head = DiffusionHead(data_dim=2, cond_dim=2, width=64, depth=2)
-    samples = head.sample(torch.eye(2)[0].expand(4000, 2), diffusion_steps=50, generator=torch.Generator().manual_seed(0))
+    samples = head.sample(
+        torch.eye(2)[0].expand(4000, 2), diffusion_steps=50, generator=torch.Generator().manual_seed(0)
+    )
     assert not close_to(samples, 0)
 
 
@@ -87,8 +92,10 @@ def test_guidance_mixes_the_noise_predictions(toy_head):
         return toy_head.sample(z_c, diffusion_steps=20, generator=torch.Generator().manual_seed(3), **kw)
 
     assert torch.equal(draw(z_uncond=z_u, cfg_scale=1.0), draw())
-    torch.testing.assert_close(draw(z_uncond=z_u, cfg_scale=0.0),
-                               toy_head.sample(z_u, diffusion_steps=20, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(
+        draw(z_uncond=z_u, cfg_scale=0.0),
+        toy_head.sample(z_u, diffusion_steps=20, generator=torch.Generator().manual_seed(3)),
+    )
     guided = draw(z_uncond=z_u, cfg_scale=2.5)
     original = toy_head.forward
     toy_head.forward = lambda x, t, z: original(x, t, z_u) + 2.5 * (original(x, t, z) - original(x, t, z_u))
@@ -107,19 +114,27 @@ def test_schedule_and_temperature_zero():
     assert t.tolist()[0] == 999 and t.tolist()[-1] == 0 and float(a_next[-1]) == 1.0
     torch.nn.init.normal_(head.out.weight)
     z = torch.randn(5, 2)
-    x1, path = head.sample(z, diffusion_steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1),
-                           return_trajectory=True)
+    x1, path = head.sample(
+        z, diffusion_steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1), return_trajectory=True
+    )
     x2 = head.sample(z, diffusion_steps=10, temperature=0.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(x1, x2) and path.shape == (11, 5, 2) and torch.equal(path[-1], x1)
 
 
 # --- MAR: what is generated where and when ---
 
+
 @pytest.mark.parametrize("num_iter", [1, 4, 16, 49])
 def test_schedule_generates_every_token_exactly_once(num_iter):
     model = small()
-    _, trace = model.sample(3, torch.tensor([0, 1, 2]), num_iter=num_iter, diffusion_steps=3, return_trace=True,
-                            generator=torch.Generator().manual_seed(0))
+    _, trace = model.sample(
+        3,
+        torch.tensor([0, 1, 2]),
+        num_iter=num_iter,
+        diffusion_steps=3,
+        return_trace=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     at = trace["generated_at"].flatten(1)  # (n, L)
     assert (at >= 0).all() and int(at.max()) == num_iter - 1
     expected, done = [], 0  # new tokens per pass: the cosine schedule, at least one, all by the end
@@ -149,8 +164,16 @@ def test_each_pass_generates_exactly_the_masked_positions_it_picked():
 
     model.head.sample = counting
     try:
-        final, trace = model.sample(4, torch.arange(4), num_iter=6, diffusion_steps=4, cfg_scale=2.0, return_trace=True,
-                                    return_tokens=True, generator=torch.Generator().manual_seed(1))
+        final, trace = model.sample(
+            4,
+            torch.arange(4),
+            num_iter=6,
+            diffusion_steps=4,
+            cfg_scale=2.0,
+            return_trace=True,
+            return_tokens=True,
+            generator=torch.Generator().manual_seed(1),
+        )
     finally:
         hook.remove()
         del model.head.sample
@@ -178,7 +201,9 @@ def test_masked_values_never_reach_the_transformer_and_the_loss_uses_only_masked
     assert not torch.allclose(model(unmasked_changed, mask, torch.tensor([1, 2, 3])), z)  # the test has power
     rows = []
     original = model.head.loss
-    model.head.loss = lambda x0, zz, repeats: rows.append((x0.clone(), zz.shape[0], repeats)) or original(x0, zz, repeats)
+    model.head.loss = lambda x0, zz, repeats: (
+        rows.append((x0.clone(), zz.shape[0], repeats)) or original(x0, zz, repeats)
+    )
     try:
         model.masked_loss(tokens, mask, torch.tensor([1, 2, 3]))
     finally:
@@ -204,12 +229,30 @@ def test_training_mask_ratio_is_a_truncated_normal_on_07_1():
 
 def test_sampling_is_deterministic_for_a_fixed_generator():
     model = small()
-    a = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
-                     generator=torch.Generator().manual_seed(7))
-    b = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
-                     generator=torch.Generator().manual_seed(7))
-    c = model.sample(3, torch.tensor([4, 5, 6]), num_iter=4, diffusion_steps=5, cfg_scale=1.5,
-                     generator=torch.Generator().manual_seed(8))
+    a = model.sample(
+        3,
+        torch.tensor([4, 5, 6]),
+        num_iter=4,
+        diffusion_steps=5,
+        cfg_scale=1.5,
+        generator=torch.Generator().manual_seed(7),
+    )
+    b = model.sample(
+        3,
+        torch.tensor([4, 5, 6]),
+        num_iter=4,
+        diffusion_steps=5,
+        cfg_scale=1.5,
+        generator=torch.Generator().manual_seed(7),
+    )
+    c = model.sample(
+        3,
+        torch.tensor([4, 5, 6]),
+        num_iter=4,
+        diffusion_steps=5,
+        cfg_scale=1.5,
+        generator=torch.Generator().manual_seed(8),
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (3, 1, 28, 28) and 0 <= float(a.min()) and float(a.max()) <= 1
 

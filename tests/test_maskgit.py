@@ -20,8 +20,14 @@ def small(**kw):
 @pytest.mark.parametrize("steps,schedule", [(8, "cosine"), (4, "linear"), (1, "cosine"), (12, "cosine")])
 def test_masked_counts_follow_the_schedule_and_reach_zero(steps, schedule):
     model = small()
-    _, trace = model.sample(3, torch.tensor([0, 1, 2]), num_iter=steps, schedule=schedule, return_trace=True,
-                            generator=torch.Generator().manual_seed(0))
+    _, trace = model.sample(
+        3,
+        torch.tensor([0, 1, 2]),
+        num_iter=steps,
+        schedule=schedule,
+        return_trace=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     expected, before = [], 49
     for t in range(steps):
         after = 0 if t == steps - 1 else min(masked_count(49, t, steps, schedule), before - 1)
@@ -37,8 +43,14 @@ def test_masked_counts_follow_the_schedule_and_reach_zero(steps, schedule):
 
 def test_fixed_tokens_never_change():
     model = small()
-    final, trace = model.sample(4, torch.arange(4), num_iter=6, return_trace=True, return_tokens=True,
-                                generator=torch.Generator().manual_seed(1))
+    final, trace = model.sample(
+        4,
+        torch.arange(4),
+        num_iter=6,
+        return_trace=True,
+        return_tokens=True,
+        generator=torch.Generator().manual_seed(1),
+    )
     snaps = trace["tokens"]  # (T, n, g, g)
     for t in range(1, len(snaps)):
         was_fixed = snaps[t - 1] >= 0
@@ -50,14 +62,27 @@ def test_fixed_tokens_never_change():
 
 def test_as_many_steps_as_tokens_without_gumbel_is_one_token_per_step():
     model = small()
-    _, trace = model.sample(2, torch.tensor([3, 4]), num_iter=49, choice_temperature=0.0, return_trace=True,
-                            generator=torch.Generator().manual_seed(2))
+    _, trace = model.sample(
+        2,
+        torch.tensor([3, 4]),
+        num_iter=49,
+        choice_temperature=0.0,
+        return_trace=True,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert trace["masked"] == list(range(48, -1, -1))
     for row in trace["fixed_at"].flatten(1):
         assert sorted(row.tolist()) == list(range(49))  # every step fixes exactly one token
     # with greedy token choice, the token fixed at each step is the most confident of the masked ones
-    greedy, gtrace = model.sample(1, torch.tensor([3]), num_iter=49, temperature=0.0, choice_temperature=0.0,
-                                  return_trace=True, return_tokens=True)
+    greedy, gtrace = model.sample(
+        1,
+        torch.tensor([3]),
+        num_iter=49,
+        temperature=0.0,
+        choice_temperature=0.0,
+        return_trace=True,
+        return_tokens=True,
+    )
     order = gtrace["fixed_at"].flatten().argsort()
     tokens = torch.full((1, 49), model.mask_id)
     with torch.no_grad():
@@ -95,16 +120,19 @@ def test_random_mask_follows_the_cosine_training_distribution():
 def test_cfg_one_equals_plain_and_sampling_is_reproducible(force_guidance, monkeypatch):
     model = small()
     torch.nn.init.normal_(model.class_emb.embed.weight, std=1.0)  # classes that matter: guidance has work to do
-    draw = lambda seed=4, **kw: model.sample(3, torch.arange(3), return_tokens=True,
-                                             generator=torch.Generator().manual_seed(seed), **kw)
+    draw = lambda seed=4, **kw: model.sample(
+        3, torch.arange(3), return_tokens=True, generator=torch.Generator().manual_seed(seed), **kw
+    )
     a = draw()
     assert torch.equal(a, draw()) and not torch.equal(a, draw(seed=5))  # reproducible, and the seed matters
     guided = draw(cfg_scale=2.0)
     assert guided.shape == (3, 7, 7) and not torch.equal(a, guided)
     rows = force_guidance()
     assert torch.equal(a, draw(cfg_scale=1.0)) and set(rows) == {6}  # the guided path at scale 1 = plain
-    import minigen.masked_ar
     from conftest import swap_guidance
+
+    import minigen.masked_ar
+
     swap_guidance(monkeypatch, minigen.masked_ar)  # a planted bug in the mixing: this test must catch it
     assert not torch.equal(a, draw(cfg_scale=1.0))
 

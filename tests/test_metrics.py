@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from minigen.data import ImageDataset, make_loader
-from minigen.metrics import (DigitClassifier, Yardstick, bits_per_dim, classifier_outputs, draw, frechet_distance,
-                             sample_quality)
+from minigen.metrics import (
+    DigitClassifier,
+    SampleScorer,
+    Yardstick,
+    bits_per_dim,
+    classifier_outputs,
+    draw,
+    frechet_distance,
+    nll_entry,
+    quality_data,
+    sample_quality,
+)
 from minigen.train import fit
 
 
@@ -33,7 +43,7 @@ def test_classifier_learns_and_sample_quality_reports_accuracy():
     labels = torch.arange(400) % 4
     for i in range(400):  # four classes: a bar in one of four places, with noise
         k = int(labels[i])
-        images[i, 0, 6 * k + 2: 6 * k + 6, 4:24] = 1.0
+        images[i, 0, 6 * k + 2 : 6 * k + 6, 4:24] = 1.0
     images = (images + 0.2 * torch.rand_like(images)).clamp(0, 1)
     model = DigitClassifier(n_classes=4)
     fit(model, make_loader(ImageDataset(images[:300], labels[:300]), 32), steps=60, lr=2e-3, progress=False)
@@ -57,11 +67,14 @@ def test_bits_per_dim():
 
 def test_yardstick_scores_samples_by_their_requested_labels():
     from minigen.data import load_images
+
     ys = Yardstick("smoke", torch.device("cpu"))
     test = load_images("mnist-subset", "test")
     by_class = [test.images[test.labels == k] for k in range(10)]
 
-    def real_digits(count, labels, generator, shift=0):  # a perfect "model": unseen test digits of the asked class (+ shift)
+    def real_digits(
+        count, labels, generator, shift=0
+    ):  # a perfect "model": unseen test digits of the asked class (+ shift)
         picks = []
         for k in labels.tolist():
             used[k] += 1
@@ -89,3 +102,16 @@ def test_yardstick_scores_samples_by_their_requested_labels():
     images, labels = draw(lambda k, y, g: torch.rand(k, 1, 28, 28, generator=g), 130, 0, "cpu", batch=50)
     assert labels is None and images.shape == (130, 1, 28, 28)
     assert set(ys.score(images, labels, dict(name="mnist-subset"))) == {"fid"}
+
+
+def test_the_sample_scorer_makes_no_yardstick_until_it_scores_and_models_get_their_own_test_data():
+    from minigen import registry
+
+    scorer = SampleScorer("smoke", "cpu", samples=0, previews={})
+    assert scorer(("token", "KV cache"), None, 10, dict(name="mnist-subset")) == {}
+    assert scorer.yardstick is None and scorer.report is None and scorer.previews == {}
+    with pytest.raises(ValueError, match="samples"):
+        SampleScorer("smoke", "cpu", samples=-1)
+    binary = registry.recipe("pixelcnn", "smoke")["model"]
+    assert quality_data("pixelcnn", binary)["binarize"] == (binary.config.n_levels == 2)
+    assert nll_entry(torch.nn.Linear(1, 1), dict(name="mnist-subset")) == {}  # no likelihood, no NLL

@@ -1,8 +1,19 @@
 import pytest
 import torch
 
-from minigen.nn import (ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, causal_mask, cfg_mix,
-                        check_labels, check_sampling_args, sample_from_probs, sample_logits, warp_logits)
+from minigen.nn import (
+    ClassEmbedding,
+    Transformer,
+    TransformerConfig,
+    block_causal_mask,
+    causal_mask,
+    cfg_mix,
+    check_labels,
+    check_sampling_args,
+    sample_from_probs,
+    sample_logits,
+    warp_logits,
+)
 
 
 def tiny(pos="learned", max_len=12, n_layer=2):
@@ -62,7 +73,7 @@ def test_kv_cache_equals_recompute(pos, mask_kind):
     chunks = sizes if mask_kind == "block" else [1, 3, 1, 1, 6]  # prefill, then appends
     outs, start = [], 0
     for size in chunks:
-        outs.append(model(x[:, start:start + size], mask=mask, cache=cache))
+        outs.append(model(x[:, start : start + size], mask=mask, cache=cache))
         start += size
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
@@ -93,13 +104,16 @@ def test_transformer_rejects_bad_input():
         TransformerConfig(n_embd=10, n_head=3)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(temperature=-0.5), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=0), "top_k"),
-    (dict(cfg_scale=float("nan")), "cfg_scale"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=0), "top_k"),
+        (dict(cfg_scale=float("nan")), "cfg_scale"),
+    ],
+)
 def test_bad_sampling_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         check_sampling_args(**kwargs)
@@ -137,7 +151,9 @@ def test_sampling_is_reproducible_and_matches_probabilities():
     assert torch.equal(a, b)
     freq = torch.bincount(a, minlength=3).float() / 20000
     assert (freq - probs).abs().max() < 0.015  # ~5 standard errors
-    sparse = sample_from_probs(torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0]).expand(5000, 5), torch.Generator().manual_seed(2))
+    sparse = sample_from_probs(
+        torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0]).expand(5000, 5), torch.Generator().manual_seed(2)
+    )
     assert set(sparse.unique().tolist()) == {1, 3}  # zero-probability indices are never drawn
     tokens = sample_logits(torch.randn(4, 7, 5), top_k=1)
     assert tokens.shape == (4, 7)

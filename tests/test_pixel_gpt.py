@@ -26,7 +26,7 @@ def test_pixel_gpt_is_causal(n_levels):
         (grad,) = torch.autograd.grad(logits[0, i].square().sum(), emb, retain_graph=True)
         seen = grad[0].abs().sum(-1) > 0  # over sequence positions: class token, then pixels 0..14
         assert seen[: i + 1].all(), f"pixel {i} ignores some earlier pixel"
-        assert not seen[i + 1:].any(), f"pixel {i} sees pixel >= {i}"
+        assert not seen[i + 1 :].any(), f"pixel {i} sees pixel >= {i}"
 
 
 def test_cached_sampling_equals_recompute():
@@ -48,8 +48,10 @@ def test_sampling_is_reproducible_and_cfg_one_is_plain(force_guidance, monkeypat
     rows = force_guidance()
     c = draw(cfg_scale=1.0)  # the guided path (conditional and unconditional rows, mixed) at scale 1
     assert set(rows) == {8} and torch.equal(a, c)
-    import minigen.pixel_ar
     from conftest import swap_guidance
+
+    import minigen.pixel_ar
+
     swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
     assert not torch.equal(a, draw(cfg_scale=1.0))
     monkeypatch.undo()

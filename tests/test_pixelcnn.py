@@ -8,8 +8,9 @@ from minigen.train import fit
 
 def model(**kw):
     torch.manual_seed(0)
-    cfg = dict(image_size=7, n_levels=2, n_classes=10, channels=8, n_layer=5, kernel=3, first_kernel=3,
-               head_channels=16)
+    cfg = dict(
+        image_size=7, n_levels=2, n_classes=10, channels=8, n_layer=5, kernel=3, first_kernel=3, head_channels=16
+    )
     cfg.update(kw)
     m = GatedPixelCNN(PixelCNNConfig(**cfg)).eval()
     for p in m.parameters():  # large random weights: no accidental zero gradients
@@ -70,8 +71,9 @@ def test_windowed_logits_equal_the_full_network():
 
     narrow = TooNarrow(net.config).eval()
     narrow.load_state_dict(net.state_dict())
-    worst = max((narrow.logits_at(x, labels, r, c) - full[:, :, r, c]).abs().max().item()
-                for r in range(12) for c in range(12))
+    worst = max(
+        (narrow.logits_at(x, labels, r, c) - full[:, :, r, c]).abs().max().item() for r in range(12) for c in range(12)
+    )
     assert worst > 1e-3, "reach is larger than needed: the window test proves nothing"
 
 
@@ -106,8 +108,9 @@ def test_bad_inputs_raise_clear_errors():
 def test_learns_a_known_distribution_to_within_5_percent_of_its_entropy():
     torch.manual_seed(0)
     patterns = BinaryPatterns(size=3, n_patterns=6, flip=0.05, seed=0)
-    net = GatedPixelCNN(PixelCNNConfig(image_size=3, n_classes=0, channels=32, n_layer=3, kernel=3,
-                                       first_kernel=3, head_channels=64))
+    net = GatedPixelCNN(
+        PixelCNNConfig(image_size=3, n_classes=0, channels=32, n_layer=3, kernel=3, first_kernel=3, head_channels=64)
+    )
     fit(net, make_loader(patterns.dataset(16384, seed=1), 128), steps=500, lr=3e-3, progress=False)
     test_images = patterns.sample(4000, torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -3,6 +3,7 @@
 fit(precision="bf16"/"fp16") runs the same autocast (and, for fp16, GradScaler) code on the CPU that a
 CUDA GPU runs, so every CI run trains every registered model the way Colab and lab GPUs do.
 """
+
 import dataclasses
 
 import numpy as np
@@ -14,7 +15,7 @@ from minigen import registry
 from minigen.arnet import ARNet, ARNetConfig, generate_ar, sparse_ar_coeffs, train_arnet
 from minigen.data import ImageDataset, load_images, make_loader
 from minigen.metrics import DigitClassifier, classifier_outputs, sample_quality
-from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, VQConfig, VQVAE, area_resize
+from minigen.tokenizers import VQVAE, MultiScaleVQ, MultiScaleVQConfig, VQConfig, area_resize
 from minigen.train import fit, pick_precision
 
 IMAGE_MODELS = [name for name in registry.names() if registry.data_spec(name) is not None]
@@ -39,8 +40,9 @@ def test_every_image_model_trains_under_mixed_precision(name, precision):
     # restarts fire at step 3 of 5 (in the old code, at the multi-scale quantizer's third call, scale 3 of 6)
     extra = {"restart_every": 3} if name in ("vq", "msvq") else {}
     model = smoke_model(name, **extra)
-    history = fit(model, make_loader(few_images(name), 16), steps=5, lr=1e-3, device="cpu",
-                  precision=precision, progress=False)
+    history = fit(
+        model, make_loader(few_images(name), 16), steps=5, lr=1e-3, device="cpu", precision=precision, progress=False
+    )
     assert history["precision"] == precision
     assert np.isfinite(history["loss"]).all() and len(history["loss"]) == 5
     if name in ("vq", "msvq"):
@@ -58,8 +60,14 @@ def test_every_image_model_trains_under_mixed_precision(name, precision):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_metrics_classifier_and_arnet_train_under_mixed_precision(precision):
     torch.manual_seed(0)
-    history = fit(DigitClassifier(), make_loader(load_images(limit=64), 16), steps=3, device="cpu",
-                  precision=precision, progress=False)
+    history = fit(
+        DigitClassifier(),
+        make_loader(load_images(limit=64), 16),
+        steps=3,
+        device="cpu",
+        precision=precision,
+        progress=False,
+    )
     assert np.isfinite(history["loss"]).all()
     series = generate_ar(sparse_ar_coeffs({1: 0.5}), 500, seed=0)
     net = ARNet(ARNetConfig(p=5))
@@ -69,6 +77,7 @@ def test_the_metrics_classifier_and_arnet_train_under_mixed_precision(precision)
         return original_fit(*args, precision=precision, **kwargs)
 
     import minigen.arnet
+
     mp = pytest.MonkeyPatch()
     mp.setattr(minigen.arnet, "fit", fit_at_precision)
     try:
@@ -130,8 +139,9 @@ class OnAnAccelerator(torch.Tensor):
 def test_the_metrics_path_makes_no_float64_on_the_device(monkeypatch):
     classifier = DigitClassifier().eval()
     features = DigitClassifier.features
-    monkeypatch.setattr(DigitClassifier, "features",
-                        lambda self, images: features(self, images).as_subclass(OnAnAccelerator))
+    monkeypatch.setattr(
+        DigitClassifier, "features", lambda self, images: features(self, images).as_subclass(OnAnAccelerator)
+    )
     images = torch.rand(20, 1, 28, 28)
     feats, preds = classifier_outputs(classifier, images)
     assert type(feats) is torch.Tensor and feats.dtype == torch.float64

@@ -1,4 +1,5 @@
 """Speculative decoding: exact by enumeration, by chi-square on real GPTs, and tests that catch known bugs."""
+
 import itertools
 import math
 from collections import defaultdict
@@ -7,12 +8,11 @@ import pytest
 import torch
 
 from minigen import speculative as S
-from minigen.nn import warp_logits
-from minigen.nn import sample_from_probs
+from minigen.nn import sample_from_probs, warp_logits
 from minigen.pixel_ar import RasterGPT
 
-
 # --- probability-table models and a dice that walks every outcome -----------------------
+
 
 class TableLM:
     """A next-token model given by explicit float64 logits for every prefix shorter than seq_len."""
@@ -20,8 +20,11 @@ class TableLM:
     def __init__(self, seq_len=3, vocab=3, seed=0, scale=1.5):
         g = torch.Generator().manual_seed(seed)
         self.seq_len, self.vocab_size = seq_len, vocab
-        self.logits = {prefix: scale * torch.randn(vocab, generator=g, dtype=torch.float64)
-                       for t in range(seq_len) for prefix in itertools.product(range(vocab), repeat=t)}
+        self.logits = {
+            prefix: scale * torch.randn(vocab, generator=g, dtype=torch.float64)
+            for t in range(seq_len)
+            for prefix in itertools.product(range(vocab), repeat=t)
+        }
 
     def eval(self):
         return self
@@ -41,6 +44,7 @@ class TableLM:
 
 class TableDecoder:
     """The interface of minigen.speculative.Decoder over a TableLM."""
+
     dtype, device = torch.float64, torch.device("cpu")
 
     def __init__(self, model, rows, warp):
@@ -119,8 +123,9 @@ EXACT_VARIANTS = {
     "jacobi random": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="random", dice=dice, **w),
     "jacobi left": lambda dice, w: S.jacobi_sample(TARGET, window=3, init="left", dice=dice, **w),
     "jacobi above": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="above", dice=dice, **w),
-    "lantern delta=0": lambda dice, w: S.lantern_sample(TARGET, DRAFT, gamma=2, delta=0.0,
-                                                        neighbours=torch.tensor([[1], [2], [0]]), dice=dice, **w),
+    "lantern delta=0": lambda dice, w: S.lantern_sample(
+        TARGET, DRAFT, gamma=2, delta=0.0, neighbours=torch.tensor([[1], [2], [0]]), dice=dice, **w
+    ),
     "multi-draft k=2": lambda dice, w: S.multi_draft_sample(TARGET, DRAFT, drafts=2, gamma=1, dice=dice, **w),
 }
 WARPS = {"T=1": dict(temperature=1.0), "T=0.6 top-k=2": dict(temperature=0.6, top_k=2)}
@@ -145,15 +150,19 @@ def _buggy_verify(real):  # the bonus token drawn from p at the last guess inste
         if p.shape[1] > drafts.shape[1]:
             p = torch.cat([p[:, :-1], p[:, -2:-1]], 1)
         return real(p, q, drafts, dice, p_at_drafts)
+
     return verify
 
 
 def _misreporting_draft(real):  # the draft samples at temperature T, the ratio uses its T = 1 distribution
     def draft_tokens(draft, tokens, g, dice):
         guesses, q = real(draft, tokens, g, dice)
-        raw = [[draft.model.probs(tokens[r].tolist() + guesses[r, :i].tolist()) for i in range(g)]
-               for r in range(tokens.shape[0])]
+        raw = [
+            [draft.model.probs(tokens[r].tolist() + guesses[r, :i].tolist()) for i in range(g)]
+            for r in range(tokens.shape[0])
+        ]
         return guesses, torch.stack([torch.stack(row) for row in raw])
+
     return draft_tokens
 
 
@@ -175,6 +184,7 @@ def test_the_enumeration_test_catches_known_bugs(bug, monkeypatch):
 
 
 # --- relaxed acceptance -------------------------------------------------------------------
+
 
 def test_relaxed_distribution_stays_within_its_total_variation_budget():
     g = torch.Generator().manual_seed(0)
@@ -202,18 +212,22 @@ def test_relaxed_distribution_stays_within_its_total_variation_budget():
 
 def test_relaxed_acceptance_is_not_exact_but_raises_acceptance():
     neighbours = torch.tensor([[1], [2], [0]])
-    run = lambda delta: lambda dice: S.lantern_sample(TARGET, DRAFT, gamma=2, delta=delta, neighbours=neighbours,
-                                                      dice=dice)[0]
+    run = lambda delta: (
+        lambda dice: S.lantern_sample(TARGET, DRAFT, gamma=2, delta=delta, neighbours=neighbours, dice=dice)[0]
+    )
     assert max_gap(output_distribution(run(0.3)), TARGET.chain_rule()) > 1e-3
     g = torch.Generator().manual_seed(0)
     gpt_t, gpt_d = tiny_gpt(0), tiny_gpt(1)
     nb = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]])
-    rates = [S.lantern_sample(gpt_t, gpt_d, 3000, gamma=2, delta=d, neighbours=nb, generator=g)[1]["acceptance"]
-             for d in (0.0, 0.2, 0.5)]
+    rates = [
+        S.lantern_sample(gpt_t, gpt_d, 3000, gamma=2, delta=d, neighbours=nb, generator=g)[1]["acceptance"]
+        for d in (0.0, 0.2, 0.5)
+    ]
     assert rates[0] < rates[1] < rates[2]
 
 
 # --- the real implementation on tiny GPTs: chi-square against the exact distribution -------
+
 
 class TinyGPT(RasterGPT):
     def to_tokens(self, x):
@@ -285,8 +299,9 @@ def test_batch_of_one_is_exact_too():
 
 def test_acceptance_rate_matches_the_sum_of_min_p_q():
     target, draft = tiny_gpt(0, seq_len=6, vocab=8), tiny_gpt(1, seq_len=6, vocab=8)
-    _, trace = S.speculative_sample(target, draft, 2000, gamma=3, temperature=2.5,
-                                    generator=torch.Generator().manual_seed(0))
+    _, trace = S.speculative_sample(
+        target, draft, 2000, gamma=3, temperature=2.5, generator=torch.Generator().manual_seed(0)
+    )
     kept, alpha = trace["tested_kept"].double(), trace["tested_alpha"].double()
     se = (alpha * (1 - alpha)).sum().sqrt() / kept.numel()  # each decision is Bernoulli(alpha_i)
     assert 0.2 < trace["alpha"] < 0.9
@@ -295,6 +310,7 @@ def test_acceptance_rate_matches_the_sum_of_min_p_q():
 
 # --- bookkeeping: KV-cache rollback, traces, guidance, inputs ---------------------------------
 
+
 def test_greedy_variants_return_exactly_the_greedy_target_sequence():
     """At temperature 0 every variant must reproduce plain greedy decoding token for token: this fails
     on any off-by-one in the KV-cache rollback or the positions fed to the target."""
@@ -302,10 +318,12 @@ def test_greedy_variants_return_exactly_the_greedy_target_sequence():
     labels = torch.tensor([0, 1, 2, 1])
     for cfg in (1.0, 2.0):
         plain, _ = target.sample_tokens(4, labels, temperature=0, cfg_scale=cfg)
-        runs = {"spec": S.speculative_sample(target, draft, 4, labels, gamma=3, temperature=0, cfg_scale=cfg),
-                "self-draft": S.speculative_sample(target, target, 4, labels, gamma=5, temperature=0, cfg_scale=cfg),
-                "jacobi": S.jacobi_sample(target, 4, labels, window=4, init="above", temperature=0, cfg_scale=cfg),
-                "multi": S.multi_draft_sample(target, draft, 4, labels, drafts=3, temperature=0, cfg_scale=cfg)}
+        runs = {
+            "spec": S.speculative_sample(target, draft, 4, labels, gamma=3, temperature=0, cfg_scale=cfg),
+            "self-draft": S.speculative_sample(target, target, 4, labels, gamma=5, temperature=0, cfg_scale=cfg),
+            "jacobi": S.jacobi_sample(target, 4, labels, window=4, init="above", temperature=0, cfg_scale=cfg),
+            "multi": S.multi_draft_sample(target, draft, 4, labels, drafts=3, temperature=0, cfg_scale=cfg),
+        }
         for name, (tokens, trace) in runs.items():
             assert torch.equal(tokens, plain), name
             assert sum(k + 1 for k in trace["kept"]) >= 12 and trace["round_of"].max() == trace["rounds"] - 1
@@ -329,20 +347,22 @@ def test_the_plain_sampling_loop_and_the_decoder_draw_identical_tokens(sampling,
     both must turn the same generator into the same tokens."""
     model = tiny_gpt(0, seq_len=12, vocab=6, n_classes=3)
     labels = torch.tensor([0, 1, 2, 1, 0])
-    plain, _ = model.sample_tokens(5, labels, generator=torch.Generator().manual_seed(4), use_cache=use_cache,
-                                   **sampling)
-    incremental = decoder_tokens(model, 5, labels, torch.Generator().manual_seed(4), use_cache=use_cache,
-                                 **sampling)
+    plain, _ = model.sample_tokens(
+        5, labels, generator=torch.Generator().manual_seed(4), use_cache=use_cache, **sampling
+    )
+    incremental = decoder_tokens(model, 5, labels, torch.Generator().manual_seed(4), use_cache=use_cache, **sampling)
     assert torch.equal(plain, incremental)
     assert not torch.equal(plain, decoder_tokens(model, 5, labels, torch.Generator().manual_seed(5), **sampling))
 
 
 def test_samplers_give_target_and_draft_back_their_training_mode():
     target, draft = tiny_gpt(0, seq_len=6, vocab=5), tiny_gpt(1, seq_len=6, vocab=5)
-    for run in (lambda: S.speculative_sample(target, draft, 2, gamma=2),
-                lambda: S.jacobi_sample(target, 2, window=3),
-                lambda: S.multi_draft_sample(target, draft, 2, drafts=2, gamma=2),
-                lambda: target.sample_tokens(2)):
+    for run in (
+        lambda: S.speculative_sample(target, draft, 2, gamma=2),
+        lambda: S.jacobi_sample(target, 2, window=3),
+        lambda: S.multi_draft_sample(target, draft, 2, drafts=2, gamma=2),
+        lambda: target.sample_tokens(2),
+    ):
         target.train(), draft.train()
         run()
         assert target.training and draft.training
@@ -355,8 +375,9 @@ def test_lantern_with_zero_budget_draws_the_same_tokens_as_speculative_sampling(
     target, draft = tiny_gpt(0, seq_len=8, vocab=6), tiny_gpt(1, seq_len=8, vocab=6)
     nb = S.codebook_neighbours(torch.randn(6, 3), 2)
     a, ta = S.speculative_sample(target, draft, 50, gamma=3, generator=torch.Generator().manual_seed(3))
-    b, tb = S.lantern_sample(target, draft, 50, gamma=3, delta=0.0, neighbours=nb,
-                             generator=torch.Generator().manual_seed(3))
+    b, tb = S.lantern_sample(
+        target, draft, 50, gamma=3, delta=0.0, neighbours=nb, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b) and ta["kept"] == tb["kept"]
 
 
@@ -366,8 +387,13 @@ def test_trace_records_the_origin_of_every_token():
     assert trace["from_guess"].sum() == sum(trace["kept"])  # every kept guess, and nothing else
     assert trace["target_passes"] == trace["rounds"] and trace["draft_passes"] == sum(trace["guessed"])
     assert trace["round_of"][0].diff().ge(0).all()
-    origin, last = trace["origin"][0], torch.tensor([(trace["round_of"][0] == r).nonzero().max() for r in range(trace["rounds"])])
-    assert (origin[last[:-1]] > 0).all() and (origin == 0).sum() == sum(trace["kept"])  # each round ends with the target's token
+    origin, last = (
+        trace["origin"][0],
+        torch.tensor([(trace["round_of"][0] == r).nonzero().max() for r in range(trace["rounds"])]),
+    )
+    assert (origin[last[:-1]] > 0).all() and (origin == 0).sum() == sum(
+        trace["kept"]
+    )  # each round ends with the target's token
     assert all((origin[last[r]] == 2) == (trace["kept"][r] == trace["guessed"][r]) for r in range(trace["rounds"] - 1))
     assert S.expected_tokens_per_pass(0.0, 4) == 1 and S.expected_tokens_per_pass(1.0, 4) == 5
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from minigen.tokenizers import VQVAE, VQConfig
-from minigen.token_ar import TokenGPT
 from minigen.registry import load_model
+from minigen.token_ar import TokenGPT
+from minigen.tokenizers import VQVAE, VQConfig
 from minigen.train import fit, save_checkpoint
 
 
@@ -27,27 +27,37 @@ def test_token_gpt_is_causal():
         (grad,) = torch.autograd.grad(logits[0, i].square().sum(), emb, retain_graph=True)
         seen = grad[0].abs().sum(-1) > 0  # class token, then tokens 0..47
         assert seen[: i + 1].all(), f"token {i} ignores an earlier token"
-        assert not seen[i + 1:].any(), f"token {i} sees token >= {i}"
+        assert not seen[i + 1 :].any(), f"token {i} sees token >= {i}"
 
 
 def test_cached_sampling_returns_the_same_tokens_as_recompute():
     model = small()
     labels = torch.tensor([1, 7, 7, 2])
     for cfg_scale in (1.0, 3.0):
-        fast = model.sample(4, labels, cfg_scale=cfg_scale, return_tokens=True,
-                            generator=torch.Generator().manual_seed(5))
-        slow = model.sample(4, labels, cfg_scale=cfg_scale, return_tokens=True, use_cache=False,
-                            generator=torch.Generator().manual_seed(5))
+        fast = model.sample(
+            4, labels, cfg_scale=cfg_scale, return_tokens=True, generator=torch.Generator().manual_seed(5)
+        )
+        slow = model.sample(
+            4,
+            labels,
+            cfg_scale=cfg_scale,
+            return_tokens=True,
+            use_cache=False,
+            generator=torch.Generator().manual_seed(5),
+        )
         assert torch.equal(fast, slow)
     unconditional = model.sample(3, None, return_tokens=True, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(unconditional, model.sample(3, None, return_tokens=True, use_cache=False,
-                                                   generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        unconditional,
+        model.sample(3, None, return_tokens=True, use_cache=False, generator=torch.Generator().manual_seed(1)),
+    )
 
 
 def test_cfg_scale_one_is_plain_conditional_sampling_and_guidance_changes_it(force_guidance, monkeypatch):
     model = small()
-    draw = lambda **kw: model.sample(6, torch.arange(6), return_tokens=True, generator=torch.Generator().manual_seed(0),
-                                     **kw)
+    draw = lambda **kw: model.sample(
+        6, torch.arange(6), return_tokens=True, generator=torch.Generator().manual_seed(0), **kw
+    )
     plain = draw()  # the shortcut: conditional rows only
     rows = force_guidance()
     one = draw(cfg_scale=1.0)  # the guided path: conditional and unconditional rows, mixed with scale 1
@@ -55,8 +65,10 @@ def test_cfg_scale_one_is_plain_conditional_sampling_and_guidance_changes_it(for
     assert torch.equal(plain, one) and not torch.equal(plain, draw(cfg_scale=3.0))
     for use_cache in (True, False):
         assert torch.equal(one, draw(cfg_scale=1.0, use_cache=use_cache))
-    import minigen.pixel_ar
     from conftest import swap_guidance
+
+    import minigen.pixel_ar
+
     swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
     assert not torch.equal(plain, draw(cfg_scale=1.0))
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from minigen.data import make_loader, ImageDataset
-from minigen.tokenizers import AEConfig, ContinuousAE, VQVAE, VQConfig, VectorQuantizer, codebook_usage
+from minigen.data import ImageDataset, make_loader
+from minigen.tokenizers import VQVAE, AEConfig, ContinuousAE, VectorQuantizer, VQConfig, codebook_usage
 from minigen.train import fit
 
 
@@ -76,7 +76,7 @@ def test_vqvae_learns_to_reconstruct():
     torch.manual_seed(0)
     images = torch.zeros(256, 1, 28, 28)
     for i in range(256):  # bars at 8 positions: a set a 7x7 code grid can represent
-        images[i, 0, :, 3 * (i % 8) + 2: 3 * (i % 8) + 5] = 1.0
+        images[i, 0, :, 3 * (i % 8) + 2 : 3 * (i % 8) + 5] = 1.0
     data = ImageDataset(images, torch.zeros(256, dtype=torch.long))
     vq = tiny(channels=16, restart_every=10)
     before = vq.evaluate(images)["mse"]
@@ -100,6 +100,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 # --- the continuous autoencoder (MAR's tokenizer) ---
+
 
 def tiny_ae(**kw):
     torch.manual_seed(0)
@@ -126,7 +127,7 @@ def test_continuous_ae_learns_to_reconstruct_and_hands_out_unit_scale_tokens():
     torch.manual_seed(0)
     images = torch.zeros(256, 1, 28, 28)
     for i in range(256):  # bars at 8 positions, with a random brightness: a continuous factor
-        images[i, 0, :, 3 * (i % 8) + 2: 3 * (i % 8) + 5] = 0.3 + 0.7 * torch.rand(())
+        images[i, 0, :, 3 * (i % 8) + 2 : 3 * (i % 8) + 5] = 0.3 + 0.7 * torch.rand(())
     data = ImageDataset(images, torch.zeros(256, dtype=torch.long))
     ae = tiny_ae(channels=16, scale_decay=0.9)
     before = ae.evaluate(images)["mse"]

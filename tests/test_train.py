@@ -7,8 +7,17 @@ import torch
 from minigen.data import BinaryPatterns, make_loader
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.registry import load_model
-from minigen.train import (CheckpointError, fit, lr_at, pick_device, preset, read_checkpoint,
-                           save_checkpoint, seed_everything, train_or_load)
+from minigen.train import (
+    CheckpointError,
+    fit,
+    lr_at,
+    pick_device,
+    preset,
+    read_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    train_or_load,
+)
 
 
 def tiny_model(**kw):
@@ -96,8 +105,19 @@ def test_resume_continues_where_it_stopped(tmp_path):
     fit(tiny_model(), tiny_data(), steps=6, progress=False, checkpoint=ckpt, checkpoint_every=3)
     torch.manual_seed(0)
     model = tiny_model()
-    save_checkpoint(ckpt, model, step=3, history={"step": [1, 2, 3], "loss": [1.0, 1.0, 1.0], "lr": [0, 0, 0],
-                                                  "eval_step": [], "eval_loss": [], "seconds": 0.0})
+    save_checkpoint(
+        ckpt,
+        model,
+        step=3,
+        history={
+            "step": [1, 2, 3],
+            "loss": [1.0, 1.0, 1.0],
+            "lr": [0, 0, 0],
+            "eval_step": [],
+            "eval_loss": [],
+            "seconds": 0.0,
+        },
+    )
     history = fit(model, tiny_data(), steps=6, progress=False, checkpoint=ckpt, resume=True)
     assert history["step"] == [1, 2, 3, 4, 5, 6]
     assert read_checkpoint(ckpt)["step"] == 6

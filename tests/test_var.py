@@ -49,12 +49,19 @@ def test_sampling_runs_one_pass_per_scale_and_cache_changes_nothing(cfg_scale):
     model = small()
     calls = []
     hook = model.transformer.register_forward_hook(lambda mod, args, out: calls.append(out.shape))
-    fast = model.sample(4, torch.arange(4), cfg_scale=cfg_scale, return_tokens=True,
-                        generator=torch.Generator().manual_seed(3))
+    fast = model.sample(
+        4, torch.arange(4), cfg_scale=cfg_scale, return_tokens=True, generator=torch.Generator().manual_seed(3)
+    )
     assert [c[1] for c in calls] == model.block_sizes  # one pass per scale, each returning that scale's tokens
     hook.remove()
-    slow = model.sample(4, torch.arange(4), cfg_scale=cfg_scale, return_tokens=True, use_cache=False,
-                        generator=torch.Generator().manual_seed(3))
+    slow = model.sample(
+        4,
+        torch.arange(4),
+        cfg_scale=cfg_scale,
+        return_tokens=True,
+        use_cache=False,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(fast, slow) and fast.shape == (4, 104)
 
 
@@ -73,11 +80,16 @@ def test_multiscale_reconstruction_error_falls_as_scales_are_added():
     torch.manual_seed(0)
     images = torch.zeros(256, 1, 28, 28)
     for i in range(256):  # a block and a bar: coarse and fine structure
-        images[i, 0, 4 + (i % 4) * 3: 14 + (i % 4) * 3, 4:18] = 0.5
-        images[i, 0, :, 3 * (i % 8) + 2: 3 * (i % 8) + 4] = 1.0
+        images[i, 0, 4 + (i % 4) * 3 : 14 + (i % 4) * 3, 4:18] = 0.5
+        images[i, 0, :, 3 * (i % 8) + 2 : 3 * (i % 8) + 4] = 1.0
     vq = tiny_vq(channels=16, restart_every=10)
-    fit(vq, make_loader(ImageDataset(images, torch.zeros(256, dtype=torch.long)), 32), steps=300, lr=3e-3,
-        progress=False)
+    fit(
+        vq,
+        make_loader(ImageDataset(images, torch.zeros(256, dtype=torch.long)), 32),
+        steps=300,
+        lr=3e-3,
+        progress=False,
+    )
     mse = vq.evaluate(images)["mse_per_scale"]
     assert all(b < a for a, b in zip(mse, mse[1:])), mse
     assert mse[-1] < 0.25 * mse[0]
