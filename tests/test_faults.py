@@ -151,25 +151,29 @@ def test_arnet_and_classic_ar_refuse_what_they_cannot_use():
     assert net.sample(2, length=5, noise_std=0.0).shape == (2, 5)
 
 
-# --- cached data ----------------------------------------------------------------------------
+# --- the shipped data -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["twenty images", "all black", "not an npz"])
-def test_a_cached_subset_with_the_wrong_content_is_rebuilt(tmp_path, monkeypatch, damage, capsys):
+@pytest.mark.parametrize("damage", ["twenty images", "all black", "truncated", "not an npz"])
+def test_a_damaged_subset_file_is_a_clear_error_and_never_replaced(tmp_path, damage):
     import numpy as np
 
     from minigen import data
 
-    monkeypatch.setenv("MINIGEN_DATA", str(tmp_path))
-    images, labels = data.mnist_subset_arrays()  # builds the cache
-    cache = tmp_path / "mnist_subset.npz"
+    images, labels = data.mnist_subset_arrays()
+    path = tmp_path / "mnist_subset.npz"
     if damage == "twenty images":
-        np.savez_compressed(cache, images=images[:20], labels=labels[:20])
+        np.savez_compressed(path, images=images[:20], labels=labels[:20])
     elif damage == "all black":
-        np.savez_compressed(cache, images=np.zeros_like(images), labels=labels)
+        np.savez_compressed(path, images=np.zeros_like(images), labels=labels)
+    elif damage == "truncated":
+        path.write_bytes(data.SUBSET_FILE.read_bytes()[:10_000])
     else:
-        cache.write_bytes(b"PK\x03\x04 half a zip")
-    again, again_labels = data.mnist_subset_arrays()
-    assert "rebuilding" in capsys.readouterr().out
-    assert np.array_equal(again, images) and np.array_equal(again_labels, labels)
-    assert data.subset_checksum(*data.mnist_subset_arrays()) == data.MNIST_SUBSET_SHA256
+        path.write_bytes(b"PK\x03\x04 half a zip")
+    before = path.read_bytes()
+    message = "corrupt or truncated" if damage in ("truncated", "not an npz") else "expected 5,000 digits"
+    with pytest.raises(ValueError, match=message):
+        data.mnist_subset_arrays(path)
+    assert path.read_bytes() == before  # nothing rebuilt from something else
+    with pytest.raises(FileNotFoundError, match="reinstall"):
+        data.mnist_subset_arrays(tmp_path / "missing.npz")
