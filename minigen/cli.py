@@ -1,4 +1,5 @@
-"""Command line: `python -m minigen train NAME`, `python -m minigen sample CKPT`, `python -m minigen list`.
+"""Command line: `python -m minigen train NAME`, `python -m minigen sample CKPT`, `python -m minigen list`,
+`python -m minigen weights export CKPT... | list` (the pretrained weights minigen ships, see minigen.weights).
 
 train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json; `train(...)` does the same from
 Python (the benchmark trains its models with it).
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import arnet, registry
+from minigen import arnet, registry, weights
 from minigen.data import DownloadError, load_images, make_loader
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
@@ -326,6 +328,16 @@ def cmd_sample(args):
     print(f"wrote {args.n} samples to {out}")
 
 
+# --- weights ------------------------------------------------------------------------------------------
+
+
+def cmd_weights(args):
+    if args.action == "export":
+        weights.export(args.checkpoints, args.dir, trained_on=args.trained_on)
+    for stem, entry in sorted(weights.read_manifest(args.dir).items()):
+        print(weights.describe(stem, entry))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minigen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -372,7 +384,16 @@ def main(argv=None):
     s.set_defaults(func=cmd_sample)
     ls = sub.add_parser("list", help="list the registered models")
     ls.set_defaults(func=lambda a: print("\n".join(registry.names())))
-    for command in (p, s):
+    w = sub.add_parser("weights", help="the pretrained weights minigen ships: export checkpoints into them, list them")
+    actions = w.add_subparsers(dest="action", required=True)
+    ex = actions.add_parser("export", help="write checkpoints' EMA weights in fp16 and their manifest entries")
+    ex.add_argument("checkpoints", nargs="+", type=Path)
+    ex.add_argument("--trained-on", default=f"{os.cpu_count()} CPU cores", help="default: %(default)s (this machine)")
+    wl = actions.add_parser("list", help="list the shipped weights")
+    for command in (ex, wl):
+        command.add_argument("--dir", type=Path, default=None, help="default: $MINIGEN_WEIGHTS_DIR or the package's")
+        command.set_defaults(func=cmd_weights)
+    for command in (p, s, ex):
         command.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     args = parser.parse_args(argv)
     try:

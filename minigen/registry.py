@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from minigen.train import CheckpointError, load_weights, model_key, pick_device, read_checkpoint
+from minigen.weights import load_shipped, shipped
 
 KINDS = ("generator", "tokenizer", "series")
 
@@ -140,4 +141,23 @@ def load_model(path, device=None, prefer_ema: bool = True):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its config does not fit {state['model']}: {err}") from err
     load_weights(model, state, prefer_ema, path)
+    return model.to(pick_device(device)).eval()
+
+
+def load_model_shipped(stem: str, device=None) -> nn.Module | None:
+    """Rebuild a registered model from the weights minigen ships for `stem` (e.g. "03_token_cpu"; see
+    minigen.weights): class from the registry, config from the manifest. None, with the reason printed in one
+    line, when none are shipped or they do not load; the history is `minigen.weights.shipped(stem)["history"]`."""
+    entry = shipped(stem)
+    if entry is None:
+        print(f"no shipped weights named {stem!r}")
+        return None
+    try:  # an unregistered key, or a config the class does not take
+        cls = model_class(entry.get("model"))
+        model = cls(cls.Config(**entry["config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"ignoring the shipped weights {stem}: its model cannot be built ({err})")
+        return None
+    if load_shipped(model, stem) is None:
+        return None
     return model.to(pick_device(device)).eval()

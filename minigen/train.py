@@ -3,7 +3,8 @@
 Any model with `loss(batch) -> scalar` trains with `fit`: AdamW, linear warm-up then
 cosine decay, gradient clipping, optional EMA weights, mixed precision (automatic on CUDA,
 forceable on CPU so tests exercise the GPU path), a tqdm.auto bar, periodic evaluation and
-resumable checkpoints (loaded with weights_only).
+resumable checkpoints (loaded with weights_only). `train_or_load` reuses a checkpoint, else the weights minigen
+ships (minigen.weights), else trains.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from minigen.nn import eval_mode, progress_bar
+from minigen.weights import describe, load_shipped, mismatch, model_key, shipped
 
 CHECKPOINT_FORMAT = "minigen-checkpoint-v1"
 PRESETS = ("smoke", "cpu", "gpu")
@@ -165,22 +167,15 @@ def read_checkpoint(path) -> dict:
 
 
 def load_weights(model: nn.Module, state: dict, prefer_ema: bool = True, path="checkpoint"):
-    if state.get("model") != model_key(model):
-        raise CheckpointError(f"{path} holds a {state.get('model')!r}, not a {model_key(model)!r}")
-    config = getattr(model, "config", None)
-    if dataclasses.is_dataclass(config) and state.get("config") != dataclasses.asdict(config):
-        raise CheckpointError(
-            f"{path} was trained with config {state.get('config')}, not this model's {dataclasses.asdict(config)}"
-        )
+    """Load a checkpoint dict's weights (the EMA ones if asked and present) into a model of its key and config."""
+    reason = mismatch(model, state.get("model"), state.get("config"))
+    if reason is not None:
+        raise CheckpointError(f"{path} {reason}")
     weights = state["ema"] if prefer_ema and state.get("ema") else state["state_dict"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit this model (different config?): {err}") from err
-
-
-def model_key(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__name__}"
 
 
 # --- the loop -----------------------------------------------------------------------
@@ -357,15 +352,24 @@ def fit(
 
 
 def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
-    """Reuse a finished checkpoint at `path` when it matches the model, else train and save it."""
+    """Reuse a finished checkpoint at `path` when it matches the model; else the weights minigen ships for the
+    file's stem (e.g. "03_token_cpu", see minigen.weights) unless $MINIGEN_TRAIN=1; else train and save to `path`.
+    Returns the training history (the shipped weights carry theirs, thinned), so loss plots work either way."""
     path = Path(path)
+    device = fit_kwargs.get("device")
     if path.exists():
         try:
             state = read_checkpoint(path)
             if state["step"] >= fit_kwargs.get("steps", 0):
                 load_weights(model, state, prefer_ema=True, path=path)
-                model.to(pick_device(fit_kwargs.get("device"))).eval()
+                model.to(pick_device(device)).eval()
                 return state.get("history") or {}
         except CheckpointError as err:
             print(f"ignoring {path}: {err}")
+    if os.environ.get("MINIGEN_TRAIN", "") in ("", "0"):
+        history = load_shipped(model, path.stem, min_steps=fit_kwargs.get("steps", 0))
+        if history is not None:  # no checkpoint is written to `path`: data/ keeps only what trained here
+            model.to(pick_device(device)).eval()
+            print(f"using the shipped {describe(path.stem, shipped(path.stem))}; MINIGEN_TRAIN=1 trains from scratch")
+            return history
     return fit(model, data, checkpoint=path, **fit_kwargs)
