@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 @dataclass
@@ -377,10 +378,49 @@ def sample_logits(
     return sample_from_probs(warp_logits(logits, temperature, top_k, top_p), generator)
 
 
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, VS Code, Colab, Kaggle: their shells all subclass ipykernel's)."""
+    ipython, zmqshell = sys.modules.get("IPython"), sys.modules.get("ipykernel.zmqshell")
+    if ipython is None or zmqshell is None:  # a kernel has imported both long before our code runs
+        return False
+    return isinstance(ipython.get_ipython(), zmqshell.ZMQInteractiveShell)
+
+
+class _LineInPlace(tqdm):
+    """A text tqdm bar that a Jupyter output replaces in place (a display handle, not carriage returns), so the
+    output a notebook stores is the bar's last frame: readable on GitHub and in an untrusted notebook, where a
+    widget bar would show only its first frame."""
+
+    def __init__(self, *args, **kwargs):
+        self._handle = None
+        kwargs.pop("dynamic_ncols", None)
+        kwargs.setdefault("ascii", False)  # the discarded file has no encoding, from which tqdm would infer ASCII
+        super().__init__(*args, file=_Discard(), ncols=kwargs.pop("ncols", 100), mininterval=0.5, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        from IPython.display import display
+
+        text = {"text/plain": msg if msg is not None else self.__str__()}
+        if self._handle is None:
+            self._handle = display(text, raw=True, display_id=True)
+        else:
+            self._handle.update(text, raw=True)
+        return True
+
+
+class _Discard:
+    def write(self, _):
+        pass
+
+    def flush(self):
+        pass
+
+
 def progress_bar(iterable, progress: bool = True, **kwargs):
-    """tqdm.auto over iterable (a sampler's passes, a training loop); progress=False hides it,
-    otherwise TQDM_DISABLE=1 still can."""
-    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
+    """A tqdm bar over iterable (a sampler's passes, a training loop): in a terminal tqdm's own, in Jupyter one
+    line of text updated in place. progress=False hides it, otherwise TQDM_DISABLE=1 still can."""
+    bar = _LineInPlace if in_jupyter() else tqdm
+    return bar(iterable, **kwargs, **({} if progress else {"disable": True}))
 
 
 @contextlib.contextmanager

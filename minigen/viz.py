@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from minigen.nn import in_jupyter
+
 
 def make_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """Images (N, C, H, W) or (N, H, W) in [0, 1] -> one array (rows*H', cols*W'[, 3]) for imshow."""
@@ -150,11 +152,58 @@ def show_mask(mask, ax=None, title: str | None = None, block_sizes=None):
 def _in_live_kernel() -> bool:
     try:
         import ipywidgets  # noqa: F401
-        from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    return in_jupyter()
+
+
+def _display_widget(widget, fallback: str) -> None:
+    """Display an ipywidget whose stored text (what GitHub and an untrusted notebook show) is `fallback`, not
+    the widget's repr."""
+    from IPython.display import display
+
+    bundle = widget._repr_mimebundle_()
+    bundle["text/plain"] = fallback
+    display(bundle, raw=True)
+
+
+def knobs(draw, **sliders) -> None:
+    """Sliders over `draw(**values)` in a live Jupyter kernel; nothing elsewhere (show fixed settings first).
+
+    Each slider is `name=(value, min, max, step)`; `draw` makes its figure (plt.show() is called for it). It is
+    redrawn when a slider is released, not at every intermediate value of a drag."""
+    if not _in_live_kernel():
+        return
+    import ipywidgets as widgets
+
+    controls = {}
+    for name, spec in sliders.items():
+        if len(spec) != 4:
+            raise ValueError(f"slider {name!r} must be (value, min, max, step), got {spec!r}")
+        value, lo, hi, step = spec
+        kind = widgets.IntSlider if all(isinstance(v, int) for v in spec) else widgets.FloatSlider
+        controls[name] = kind(value=value, min=lo, max=hi, step=step, description=name, continuous_update=False)
+
+    def redraw(**values):
+        draw(**values)
+        plt.show()  # returns nothing: interact would print a returned tuple under the figure
+
+    box = widgets.interactive(redraw, **controls)
+    names = ", ".join(controls)
+    _display_widget(box, f"[sliders for {names}: move them in a running notebook]")
+
+
+def show_source(obj, title: str | None = None) -> None:
+    """Display the source of a function or class from minigen, as a highlighted code block (plain text where
+    Markdown is not rendered), so a notebook can walk through the library's decisive lines."""
+    import inspect
+
+    from IPython.display import display
+
+    source = inspect.getsource(obj)
+    where = f"{inspect.getmodule(obj).__name__}.{obj.__qualname__}"
+    header = title or f"`{where}`"
+    display({"text/markdown": f"{header}\n\n```python\n{source}```", "text/plain": source}, raw=True)
 
 
 def show_frames(
@@ -169,7 +218,7 @@ def show_frames(
     """Show a generation trace: frames (F, N, C, H, W) or (F, C, H, W), one per step.
 
     Always draws a static row of `n_static` evenly spaced frames (what nbval and GitHub
-    see). In a live Jupyter kernel it also displays a slider over every frame and returns it.
+    see). In a live Jupyter kernel it also displays a slider over every frame (released, not dragged, redraws).
     """
     frames = torch.as_tensor(frames).detach().cpu()
     if frames.dim() == 4:
@@ -202,11 +251,12 @@ def show_frames(
             show_images(frames[i], nrow=nrow, title=titles[i], size=3)
             plt.show()
 
-    slider = widgets.IntSlider(value=n_frames - 1, min=0, max=n_frames - 1, description="frame")
+    # continuous_update=False: redraw when the slider is released, not for every frame a drag passes over
+    slider = widgets.IntSlider(
+        value=n_frames - 1, min=0, max=n_frames - 1, description="frame", continuous_update=False
+    )
     slider.observe(lambda change: draw(change["new"]), names="value")
     draw(n_frames - 1)
-    box = widgets.VBox([slider, out])
-    from IPython.display import display
-
-    display(box)
-    return box
+    _display_widget(
+        widgets.VBox([slider, out]), f"[a slider over all {n_frames} frames: move it in a running notebook]"
+    )

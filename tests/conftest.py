@@ -1,4 +1,23 @@
+import json
+from pathlib import Path
+
 import pytest
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
+
+
+def solution_function(notebook: str, name: str):
+    """The function `name` as defined in the cell tagged "implement-it" of solutions/<notebook>: tests run the
+    very code the solutions show, not a copy of it."""
+    nb = json.loads((SOLUTIONS / notebook).read_text())
+    cells = [c for c in nb["cells"] if "implement-it" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise LookupError(f"solutions/{notebook} must have exactly one cell tagged implement-it, has {len(cells)}")
+    namespace = {}
+    exec("".join(cells[0]["source"]), namespace)  # the cell defines the function (its imports included)
+    if name not in namespace:
+        raise LookupError(f"the implement-it cell of solutions/{notebook} defines no {name}")
+    return namespace[name]
 
 
 @pytest.fixture(autouse=True, scope="session")
