@@ -1,0 +1,65 @@
+"""Checks for notebook 05's implement-it exercise: MaskGIT's decoding schedule (tokens still masked per step)."""
+
+from __future__ import annotations
+
+import torch
+
+from minigen.exercises import checked
+from minigen.masked_ar import MaskGIT, masked_count
+from minigen.tokenizers import VQVAE, VQConfig
+
+STEPS = (1, 2, 3, 4, 5, 8, 12, 16, 32, 49, 64, 100, 256)
+CASES = [(n, t) for n in (1, 2, 5, 16, 49, 64, 100, 256) for t in STEPS if t <= n]  # (N tokens, T passes)
+
+
+def library_counts(n_tokens: int, num_iter: int) -> list[int]:
+    """What `MaskGIT.sample` leaves masked after each pass (its trace["masked"]), for any number of tokens:
+    the cosine schedule's `masked_count`, at least one new token per pass, none masked after the last."""
+    counts, before = [], n_tokens
+    for t in range(num_iter):
+        after = 0 if t == num_iter - 1 else max(min(masked_count(n_tokens, t, num_iter), before - 1), 0)
+        counts.append(after)
+        before = after
+    return counts
+
+
+def _sampled_counts(num_iters) -> dict[int, list[int]]:
+    """trace["masked"] of the library's sampler itself, on a tiny untrained MaskGIT over 7 x 7 = 49 tokens."""
+    torch.manual_seed(0)
+    vq = VQVAE(VQConfig(channels=8, n_res=1, latent_dim=4, n_codes=16))
+    model = MaskGIT.from_tokenizer(vq, n_layer=1, n_head=2, n_embd=16, dropout=0.0).eval()
+    out = {}
+    for T in num_iters:
+        gen = torch.Generator().manual_seed(T)
+        _, trace = model.sample(1, torch.tensor([0]), num_iter=T, return_trace=True, return_tokens=True, generator=gen)
+        out[T] = trace["masked"]
+    return out
+
+
+@checked
+def check_masked_counts(masked_counts):
+    """masked_counts(n_tokens, num_iter) must return the list of tokens still masked after each of the num_iter
+    decoding passes, exactly as MaskGIT.sample decodes (cosine schedule, floor, >= 1 new token a pass, 0 at the end)."""
+    sampled = _sampled_counts((1, 2, 8, 12, 49))
+    for T, counts in sampled.items():  # the reference is the sampler's own behaviour at N = 49
+        assert library_counts(49, T) == counts, "internal: the check's reference disagrees with MaskGIT.sample"
+    for n, T in CASES:
+        got = masked_counts(n, T)
+        where = f"for N={n} tokens and T={T} steps"
+        got = [int(c) for c in got]  # accept ints, numpy or 0-d tensors
+        assert len(got) == T, f"{where} you return {len(got)} counts, one per step means {T}"
+        assert got[-1] == 0, f"{where} {got[-1]} tokens are still masked after the last step; all must be revealed"
+        prev = n
+        for t, c in enumerate(got):
+            assert c < prev, (
+                f"{where} step {t} reveals no token ({prev} masked before, {c} after): every step must reveal "
+                "at least one"
+            )
+            prev = c
+        want = library_counts(n, T)
+        if got != want:
+            t = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            raise AssertionError(
+                f"{where} you leave {got[t]} masked after step {t} (0-based), the library leaves {want[t]} "
+                f"(yours {got}, library {want}); the library keeps floor(N cos(pi/2 (t+1)/T)) masked"
+            )
