@@ -5,14 +5,16 @@ side on one device in one process, so ratios are meaningful even where absolute 
 trained models): classifier FID and class accuracy of class-balanced samples (minigen.metrics: a digit-domain
 Frechet distance, not Inception FID) and the test NLL where the paradigm has a likelihood. Models come from
 --checkpoint NAME=PATH, else by --models: `fresh` (untrained weights of the preset's sizes: speed only, the work
-per pass does not depend on the weights), `notebooks` (the checkpoints notebooks 00-07 leave in data/, trained
-now where missing) or `train` (trained now with the preset's recipe, cached in data/bench/).
+per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07 use, found as their train_or_load
+finds them: the finished checkpoint in data/, else the shipped weights; trained now, saying so, where neither is
+there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,8 +31,16 @@ from minigen.data import data_dir
 from minigen.metrics import SampleScorer, Yardstick, nll_entry, quality_data, to_28  # noqa: F401 (notebook 09)
 from minigen.nn import progress_bar
 from minigen.report import format_report, markdown_table, ratios, row, summary  # noqa: F401 (notebook 09)
-from minigen.train import CheckpointError, device_name, pick_device, read_checkpoint, seed_everything, synchronize
+from minigen.train import (
+    CheckpointError,
+    device_name,
+    pick_device,
+    read_checkpoint,
+    seed_everything,
+    synchronize,
+)
 from minigen.train import preset as choose_preset
+from minigen.weights import shipped
 
 
 @dataclass(frozen=True)
@@ -82,25 +92,60 @@ MODELS = ("fresh", "notebooks", "train")
 
 
 def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
-    """(model, checkpoint path or None for fresh weights): the checkpoint given for `name`, else by `models`
-    fresh weights, the notebook's checkpoint, or one trained now with the CLI's recipe (tokenizer first) into
-    data/bench/NAME-PRESET/model.pt, reused once finished. A notebook checkpoint that no longer fits the code
-    (older config or parameter names) is reported and replaced by one trained now."""
+    """(model, where its weights came from: a checkpoint path, "shipped:STEM", or None for fresh weights): the
+    checkpoint given for `name`, else by `models` fresh weights, the notebook's (notebook_model), or one trained now
+    with the CLI's recipe (tokenizer first) into data/bench/NAME-PRESET/model.pt, reused once finished."""
     if name in checkpoints:
         return registry.load_model(checkpoints[name], device=device), checkpoints[name]
     if models == "fresh":
         seed_everything(0)
         return registry.recipe(name, preset_name)["model"].to(device).eval(), None
-    notebook = data_dir() / f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}.pt"
-    if models == "notebooks" and notebook.exists():
-        try:
-            return registry.load_model(notebook, device=device), str(notebook)
-        except CheckpointError as err:
-            print(f"ignoring {notebook}: {err}")
+    if models == "notebooks":
+        found = notebook_model(name, preset_name, device)
+        if found is not None:
+            return found
     path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
+    if models == "notebooks":
+        print(f"{name}: no weights of its notebook ({NOTEBOOK_CHECKPOINTS[name]}_{preset_name}): using {path}")
     if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
         train(name, preset_name, path.parent, device=device, n=20)
     return registry.load_model(path, device=device), str(path)
+
+
+def notebook_model(name: str, preset_name: str, device):
+    """(model, source) as the notebook's train_or_load(model, data/STEM.pt, steps=recipe steps) finds it without
+    training: the finished checkpoint data/STEM.pt, else the weights minigen ships for STEM (unless MINIGEN_TRAIN=1);
+    None when neither is there (reasons printed, one line each). Each is rebuilt from its own config: a token model's
+    config holds the tokenizer its notebook attached, which the recipe's fresh model does not know."""
+    stem, steps = f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}", registry.recipe(name, preset_name)["steps"]
+    path = data_dir() / f"{stem}.pt"
+    if path.exists():
+        try:
+            state = read_checkpoint(path)
+            if state["step"] < steps:
+                raise CheckpointError(f"trained {state['step']} steps, fewer than the recipe's {steps}")
+            return registry.load_model(path, device=device), str(path)
+        except CheckpointError as err:
+            print(f"ignoring {path}: {err}")
+    entry = shipped(stem)
+    if entry is None or os.environ.get("MINIGEN_TRAIN", "") not in ("", "0"):
+        return None
+    if int(entry.get("step") or 0) < steps:
+        print(
+            f"ignoring the shipped weights {stem}: trained {entry.get('step')} steps, fewer than the recipe's {steps}"
+        )
+        return None
+    model = registry.load_model_shipped(stem, device=device)  # None, with the reason printed, if they do not load
+    return None if model is None else (model, f"shipped:{stem}")
+
+
+def weights_record(source: str) -> dict:
+    """Step and training history of the weights build() found at `source` (a checkpoint path or "shipped:STEM")."""
+    if source.startswith("shipped:"):
+        entry = shipped(source.removeprefix("shipped:")) or {}
+        return {"step": entry.get("step"), "history": entry.get("history") or {}}
+    state = read_checkpoint(source)
+    return {"step": state["step"], "history": state.get("history") or {}}
 
 
 def timed(device, fn, *args, **kwargs) -> tuple[float, object]:

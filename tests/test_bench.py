@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from minigen import bench
 from minigen.train import save_checkpoint
@@ -92,7 +93,8 @@ def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
     from minigen import registry
     from minigen.data import data_dir
 
-    save_checkpoint(data_dir() / "03_token_smoke.pt", registry.recipe("token", "smoke")["model"], step=1)
+    recipe = registry.recipe("token", "smoke")
+    save_checkpoint(data_dir() / "03_token_smoke.pt", recipe["model"], step=recipe["steps"])  # a finished run
     report = bench.run(
         paradigms=["token", "speculative"],
         preset="smoke",
@@ -135,6 +137,48 @@ def test_a_stale_notebook_checkpoint_is_reported_and_replaced(capsys):
     assert f"ignoring {stale}" in capsys.readouterr().out
     with pytest.raises(RuntimeError):  # a checkpoint the user names is never silently replaced
         bench.build("maskgit", "smoke", {"maskgit": str(stale)}, "cpu", models="notebooks")
+
+
+def test_notebook_models_are_found_as_the_notebooks_found_them(tmp_path, monkeypatch, capsys):
+    """--models notebooks uses what each notebook's train_or_load used: its finished checkpoint in data/, else the
+    shipped weights for the same stem (a notebook that loaded them leaves no checkpoint). It retrains only when
+    neither is there, and says so; it never takes an unfinished checkpoint for the notebook's model."""
+    from minigen import registry, weights
+    from minigen.data import data_dir
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained a model its notebook had weights for")
+
+    monkeypatch.setattr(bench, "train", no_training)
+    monkeypatch.setenv("MINIGEN_DATA", str(tmp_path / "data"))  # no data/bench/ copy left by another test
+    monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(tmp_path / "shipped"))
+    monkeypatch.delenv("MINIGEN_TRAIN", raising=False)
+    recipe = registry.recipe("draft", "smoke")
+    torch.manual_seed(1)
+    source = recipe["model"]
+    save_checkpoint(tmp_path / "07_draft_smoke.pt", source, step=recipe["steps"])
+    weights.export([tmp_path / "07_draft_smoke.pt"])  # shipped weights, and no data/07_draft_smoke.pt
+    assert not (data_dir() / "07_draft_smoke.pt").exists()
+    model, where = bench.build("draft", "smoke", {}, "cpu", models="notebooks")
+    assert where == "shipped:07_draft_smoke"
+    for a, b in zip(model.state_dict().values(), source.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2)  # fp16 copies of the same weights
+    assert bench.weights_record(where)["step"] == recipe["steps"]
+
+    unfinished = data_dir() / "07_draft_smoke.pt"  # an interrupted notebook run: not the notebook's model
+    save_checkpoint(unfinished, registry.recipe("draft", "smoke")["model"], step=recipe["steps"] - 1)
+    assert bench.build("draft", "smoke", {}, "cpu", models="notebooks")[1] == "shipped:07_draft_smoke"
+    assert f"ignoring {unfinished}: trained {recipe['steps'] - 1} steps" in capsys.readouterr().out
+
+    save_checkpoint(unfinished, source, step=recipe["steps"])  # a finished checkpoint comes first
+    model, where = bench.build("draft", "smoke", {}, "cpu", models="notebooks")
+    assert where == str(unfinished) and bench.weights_record(where)["step"] == recipe["steps"]
+    unfinished.unlink()
+
+    monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(tmp_path / "none"))  # neither: trained now, and it says so
+    with pytest.raises(AssertionError, match="retrained"):
+        bench.build("draft", "smoke", {}, "cpu", models="notebooks")
+    assert "draft: no weights of its notebook (07_draft_smoke)" in capsys.readouterr().out
 
 
 def test_every_paradigm_is_one_table_row_and_run_takes_keywords_only():
