@@ -41,7 +41,9 @@ def mismatch(model: nn.Module, key: str | None, config: dict | None) -> str | No
     own = getattr(model, "config", None)
     if not dataclasses.is_dataclass(own):
         return None
-    mine, theirs = dataclasses.asdict(own), config if isinstance(config, dict) else {}
+    # through JSON both ways, as the manifest stores them: a tuple field and its list copy are the same config
+    mine = json.loads(json.dumps(dataclasses.asdict(own)))
+    theirs = json.loads(json.dumps(config)) if isinstance(config, dict) else {}
     differ = sorted(k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or mine[k] != theirs[k])
     was = ", ".join(f"{k}={theirs.get(k, '(none)')}" for k in differ)
     now = ", ".join(f"{k}={mine.get(k, '(none)')}" for k in differ)
