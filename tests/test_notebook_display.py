@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minigen import nn as mnn
-from minigen import viz
+from minigen import train, viz
 from minigen.train import fit, summary_line
 
 
@@ -39,7 +39,14 @@ def kernel(monkeypatch):
     display_module = types.ModuleType("IPython.display")
     display_module.display = fake.display
     monkeypatch.setitem(sys.modules, "IPython.display", display_module)
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    # CI sets TQDM_DISABLE=1, which tqdm reads once, at import, into its default: these tests ask for the bar
+    bar = mnn.progress_bar
+
+    def shown_bar(iterable, progress=True, **kwargs):
+        return bar(iterable, progress, **({"disable": False} if progress else {}), **kwargs)
+
+    monkeypatch.setattr(mnn, "progress_bar", shown_bar)
+    monkeypatch.setattr(train, "progress_bar", mnn.progress_bar)
     return fake
 
 

@@ -1,0 +1,125 @@
+"""The committed notebooks as a learner first meets them: on GitHub or untrusted in JupyterLab, without a kernel.
+
+Their stored outputs must come from a real cpu or gpu run and read well: no error, no warning, no first frame
+of a progress bar (which reads as "training never ran"), no widget repr or stray `(None, None)` in place of a
+figure. And every notebook carries the course skeleton: objectives, prerequisites and times at the top, what
+you learned, exercises with a hint, an expected outcome and a cost each, and worked solutions in solutions/.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PARADIGMS = [nb for nb in NOTEBOOKS if 1 <= int(nb.name[:2]) <= 8]
+
+FIRST_FRAME = re.compile(r"(^|\s)0%\||(^|\s)0/\d+ \[")  # tqdm's "  0%|" or " 0/3000 ["
+WIDGET_REPR = re.compile(r"^(interactive|VBox|HBox|IntSlider|FloatSlider)\(children=|^\w*Slider\(value=")
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def texts(output):
+    """Every piece of text an output shows without a kernel."""
+    if output["output_type"] == "stream":
+        yield output["name"], "".join(output["text"])
+    elif output["output_type"] in ("display_data", "execute_result"):
+        plain = output.get("data", {}).get("text/plain")
+        if plain is not None:
+            yield "text/plain", "".join(plain)
+
+
+def markdown(nb):
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_there_are_ten_notebooks():
+    assert [nb.name[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_read_well_without_a_kernel(path):
+    nb = load(path)
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "error":
+                problems.append(f"cell {i}: an error ({output.get('ename')})")
+            for kind, text in texts(output):
+                if kind == "stderr" and re.search(r"Warning|warn\(", text):
+                    problems.append(f"cell {i}: a warning: {text.strip()[:120]}")
+                if FIRST_FRAME.search(text):
+                    problems.append(f"cell {i}: a progress bar's first frame: {text.strip()[:80]}")
+                if WIDGET_REPR.search(text.strip()):
+                    problems.append(f"cell {i}: a widget's repr instead of a fallback: {text.strip()[:80]}")
+                if text.strip() == "(None, None)":
+                    problems.append(f"cell {i}: a stray (None, None)")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_outputs_come_from_a_real_run_and_say_which(path):
+    nb = load(path)
+    lines = [
+        text
+        for cell in nb["cells"]
+        for output in cell.get("outputs", [])
+        for _, text in texts(output)
+        if text.startswith("preset: ")
+    ]
+    assert lines, f"{path.name} has no stored 'preset: ...' line (was it committed without outputs?)"
+    assert not lines[-1].startswith("preset: smoke"), f"{path.name} carries smoke outputs: {lines[-1].strip()}"
+    assert all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"), "unexecuted cells"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_kernelspec_is_what_jupyterlab_writes(path):
+    # anything else is rewritten on open, so a fresh clone would show every notebook as modified
+    assert load(path)["metadata"]["kernelspec"] == {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_header_and_footer(path):
+    text = markdown(load(path))
+    for needle in ("**Objectives", "**Prerequisites", "**Time", "## What you learned", "## Exercises"):
+        assert needle in text, f"{path.name} lacks {needle}"
+    assert not re.search(r"SMOKE_S|CPU_SHIPPED|CPU_TRAIN", text), f"{path.name}: a time was never filled in"
+    assert "MINIGEN_TRAIN=1" in text or path.name.startswith(("08", "09")), f"{path.name}: how to train from scratch"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_hint_an_expected_outcome_and_a_cost(path):
+    text = markdown(load(path))
+    exercises = text[text.index("## Exercises") :].split("\n## ")[0]
+    items = re.split(r"\n(?=\d+\. )", exercises)[1:]
+    assert len(items) == 5, f"{path.name} has {len(items)} exercises, not 5"
+    for item in items:
+        for needle in ("*Hint:*", "*Expected:*", "*Cost:*"):
+            assert needle in item, f"{path.name}, exercise {item[:40]!r}: no {needle}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_its_worked_solutions(path):
+    solution = ROOT / "solutions" / path.name
+    assert solution.exists(), f"no solutions/{path.name}"
+    text = markdown(load(solution))
+    for k in range(1, 6):
+        assert re.search(rf"^## Exercise {k}\b", text, re.M), f"solutions/{path.name} does not solve exercise {k}"
+
+
+@pytest.mark.parametrize("path", PARADIGMS, ids=lambda p: p.stem)
+def test_each_paradigm_has_an_implement_it_stub_and_its_check(path):
+    code = [("".join(c["source"]), c.get("outputs", [])) for c in load(path)["cells"] if c["cell_type"] == "code"]
+    stubs = [i for i, (src, _) in enumerate(code) if "raise NotImplementedError" in src]
+    assert stubs, f"{path.name} has no implement-it stub"
+    check = code[stubs[0] + 1][0] if stubs[0] + 1 < len(code) else ""
+    assert re.search(r"\bcheck_\w+\(", check), f"{path.name}: the cell after the stub must call its check"
