@@ -1,32 +1,13 @@
 import pytest
-import torch
-import torch.nn.functional as F
 from conftest import solution_function
 
-from minigen.exercises.pixel_ar import check_gated_layer
-from minigen.pixel_ar import shift_down, shift_right
+from minigen.exercises.pixel_ar import _variant, check_gated_layer
 
 
-def planted(swap_gates=False, shift_link=True, mask_a=True, residual=True):
-    """A hand-written layer with one typical mistake switched on."""
-
-    def gated_layer(layer, v, h, labels):
-        k = layer.k
-        v_pre = layer.v_conv(F.pad(v, (k // 2, k // 2, k // 2, 0)))
-        h_in = shift_right(h) if layer.first and mask_a else h
-        link = shift_down(v_pre) if shift_link else v_pre
-        h_pre = layer.h_conv(F.pad(h_in, (k // 2, 0, 0, 0))) + layer.v_to_h(link)
-        if layer.cond is not None:
-            cv, ch = layer.cond(labels)[:, :, None, None].chunk(2, dim=1)
-            v_pre, h_pre = v_pre + cv, h_pre + ch
-        a, b = (torch.sigmoid, torch.tanh) if swap_gates else (torch.tanh, torch.sigmoid)
-        fv, gv = v_pre.chunk(2, dim=1)
-        fh, gh = h_pre.chunk(2, dim=1)
-        gated = a(fh) * b(gh)
-        h_new = layer.h_out(gated) + (h if residual and not layer.first else 0)
-        return a(fv) * b(gv), h_new, layer.skip(gated)
-
-    return gated_layer
+def planted(**mistake):
+    """A hand-written layer with one typical mistake switched on: the check's own variant, which is written out
+    independently of the library's GatedLayer that the check compares against."""
+    return lambda layer, v, h, labels: _variant(layer, v, h, labels, **mistake)
 
 
 def test_the_worked_solution_passes_and_planted_mistakes_fail():
