@@ -13,6 +13,8 @@ there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import platform
@@ -20,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 
 import torch
 
@@ -29,7 +31,8 @@ from minigen import speculative as spec
 from minigen.cli import train
 from minigen.data import data_dir
 from minigen.metrics import SampleScorer, Yardstick, nll_entry, quality_data, to_28  # noqa: F401 (notebook 09)
-from minigen.nn import progress_bar
+from minigen.nn import Block, eval_mode, progress_bar
+from minigen.pixel_ar import RasterGPT
 from minigen.report import format_report, markdown_table, ratios, row, summary  # noqa: F401 (notebook 09)
 from minigen.train import (
     CheckpointError,
@@ -67,11 +70,17 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator)),
 # fn returning (tokens, trace); plain KV-cached sampling first, with no trace: its passes are the tokens
 SPECULATIVE = [
-    ("plain", lambda t, d, y, g: (t.sample_tokens(len(y), y, generator=g)[0], None)),
-    ("exact g=3", lambda t, d, y, g: spec.speculative_sample(t, d, len(y), y, gamma=3, generator=g)),
-    ("jacobi w=8", lambda t, d, y, g: spec.jacobi_sample(t, len(y), y, window=8, generator=g)),
+    ("plain", lambda t, d, y, g, **kw: (t.sample_tokens(len(y), y, generator=g, **kw)[0], None)),
+    ("exact g=3", lambda t, d, y, g, **kw: spec.speculative_sample(t, d, len(y), y, gamma=3, generator=g, **kw)),
+    ("jacobi w=8", lambda t, d, y, g, **kw: spec.jacobi_sample(t, len(y), y, window=8, generator=g, **kw)),
     ("lantern d=.2", lambda t, d, y, g: spec.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
     ("multi k=3", lambda t, d, y, g: spec.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
+]
+# --compile adds these: the same samplers with every pass compiled on a static KV cache (nn.compiled_blocks);
+# they draw the same tokens as their eager rows, so their samples are not scored again
+COMPILED = {"token": ("compiled", dict(compile=True)), "pixelgpt": ("compiled", dict(compile=True))}
+SPECULATIVE_COMPILED = [
+    (f"{label} compiled", lambda t, d, y, g, fn=fn: fn(t, d, y, g, compile=True)) for label, fn in SPECULATIVE[:3]
 ]
 TITLES = {**{name: p.title for name, p in PARADIGMS.items()}, "speculative": "speculative decoding of the token GPT"}
 NOTEBOOK_CHECKPOINTS = {**{name: p.notebook for name, p in PARADIGMS.items()}, "draft": "07_draft"}
@@ -86,7 +95,15 @@ RATIOS = [
     ("MAR K=16 S=50 vs raster token GPT (KV cache)", "token", "KV cache", "mar", "K=16 S=50"),
     ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
-SAME_SAMPLES = {"recompute"}  # variants drawing exactly the same samples as the first one (tested): not scored again
+RATIOS += [
+    ("token: compiled vs eager (KV cache)", "token", "KV cache", "token", "compiled"),
+    ("pixelgpt: compiled vs eager (KV cache)", "pixelgpt", "KV cache", "pixelgpt", "compiled"),
+    ("speculative: plain compiled vs plain", "speculative", "plain", "speculative", "plain compiled"),
+] + [
+    (f"speculative {label} vs plain compiled", "speculative", "plain compiled", "speculative", label)
+    for label, _ in SPECULATIVE_COMPILED[1:]
+]
+SAME_SAMPLES = {"recompute", "compiled"}  # variants drawing the same samples as the first one (tested): not scored
 SAMPLES = {"smoke": 50, "cpu": 500, "gpu": 500}  # class-balanced samples per scored variant, by preset
 MODELS = ("fresh", "notebooks", "train")
 
@@ -168,15 +185,19 @@ def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> tuple[flo
     return min(seconds), trace
 
 
-def paradigm_rows(name: str, preset_name: str, batches, repeats: int, checkpoints: dict, device, models, score):
-    """Every variant of one paradigm at every batch size; a trained model's samples are scored by
-    `score(key, sample_fn, n_classes, data)` (once per variant) and its test NLL added."""
+def paradigm_rows(
+    name: str, preset_name: str, batches, repeats: int, checkpoints: dict, device, models, score, compile=False
+):
+    """Every variant of one paradigm at every batch size (and its compiled one, if it has one and compile=True);
+    a trained model's samples are scored by `score(key, sample_fn, n_classes, data)` (once per variant) and its
+    test NLL added."""
     model, path = build(name, preset_name, checkpoints, device, models)
     trained = path is not None
     data = quality_data(name, model)
     likelihood = nll_entry(model, data) if trained else {}
     rows = []
-    for label, kwargs in PARADIGMS[name].variants:
+    variants = PARADIGMS[name].variants + ((COMPILED[name],) if compile and name in COMPILED else ())
+    for label, kwargs in variants:
         quality = {}
         if trained and label not in SAME_SAMPLES:
             sample_fn = lambda k, y, g: model.sample(k, y, generator=g, **kwargs)
@@ -189,28 +210,93 @@ def paradigm_rows(name: str, preset_name: str, batches, repeats: int, checkpoint
     return rows
 
 
-def speculative_rows(preset_name: str, repeats: int, checkpoints: dict, device, models: str, score) -> list:
+def speculative_rows(
+    preset_name: str, repeats: int, checkpoints: dict, device, models: str, score, compile: bool = False
+) -> list:
     """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same seeds (the work
-    depends on what gets accepted, so a best-of would favour lucky seeds); with trained models, scored by `score`."""
+    depends on what gets accepted, so a best-of would favour lucky seeds); with trained models, scored by `score`.
+    compile=True adds the compiled rows, warmed up on ten other seeds first: each new pass length compiles once."""
     target, target_path = build("token", preset_name, checkpoints, device, models)
     draft, draft_path = build("draft", preset_name, checkpoints, device, models)
     trained = bool(target_path and draft_path)
     inputs = lambda seed: (torch.tensor([seed % 10], device=device), torch.Generator().manual_seed(seed))
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
-    for label, fn in SPECULATIVE:
+    for label, fn in SPECULATIVE + (SPECULATIVE_COMPILED if compile else []):
         run_one = lambda y, g: fn(target, draft, y, g)  # -> (tokens, trace or None)
-        run_one(*inputs(0))  # warm-up
+        for seed in range(100, 110) if label.endswith("compiled") else (0,):  # warm-up
+            run_one(*inputs(seed))
         timings = [timed(device, run_one, *inputs(seed)) for seed in seeds]
         traces = [trace for _, (_, trace) in timings]
         seconds = fmean(elapsed for elapsed, _ in timings)
         passes = round(fmean(trace["target_passes"] if trace else target.seq_len for trace in traces), 1)
         acceptance = fmean(trace["acceptance"] if trace else float("nan") for trace in traces)
         rows.append(row("speculative", label, 1, passes, seconds, acceptance=acceptance, trained=trained))
-        if trained:
+        if trained and not label.endswith("compiled"):
             sample_fn = lambda k, y, g: target.to_images(run_one(y, g)[0])
             rows[-1].update(score(("speculative", label), sample_fn, target.n_classes, registry.data_spec("token")))
     return rows
+
+
+# --- the decoding roofline (notebook 10) ----------------------------------------------------
+
+
+def timing_model(n_layer: int, n_head: int, n_embd: int, seq_len: int = 128, vocab_size: int = 512, device=None):
+    """An untrained raster GPT of these sizes, for timing passes: the work of a pass does not depend on the weights."""
+    seed_everything(0)
+    model = RasterGPT(seq_len, vocab_size, 10, 0.0, n_layer, n_head, n_embd, 0.0)
+    return model.to(pick_device(device)).eval()
+
+
+@torch.no_grad()
+def pass_seconds(model: RasterGPT, batch: int = 1, new: int = 1, *, prefix: int = 8, repeats: int = 20, compile=False):
+    """Median seconds of one cached decoding pass of `model` (embedding, transformer, head): `new` positions for
+    each of `batch` rows after `prefix` cached ones. A sampler pays this per step; speculative verification and
+    Jacobi windows feed several positions, a batch feeds several rows."""
+    if min(batch, new, prefix, repeats) < 1 or prefix + new > model.seq_len:
+        raise ValueError(f"need positive sizes and prefix + new <= {model.seq_len}, got {prefix} + {new}")
+    device = model.head.weight.device
+    cache = model.transformer.new_cache(batch, compile=compile)
+    tokens = torch.zeros(batch, new, dtype=torch.long, device=device)  # (batch, new): what they are costs nothing
+    with eval_mode(model):
+        model.transformer(model.embed(tokens[:, :0], None), cache=cache)  # the class token, then one at a time, so
+        for _ in range(prefix - 1):  # that a compiled model compiles one pass length more at most
+            model.transformer(model.token_emb(tokens[:, :1]), cache=cache)
+
+        def one_pass():
+            cache.truncate(prefix)
+            return model.head(model.transformer(model.token_emb(tokens), cache=cache))  # (batch, new, V)
+
+        for _ in range(3):  # warm-up (and compilation)
+            one_pass()
+        return median(timed(device, one_pass)[0] for _ in range(repeats))
+
+
+def roofline(model: RasterGPT, news=(1, 2, 4, 8, 16, 32, 64), batches=(1, 4, 16, 64, 256), **kwargs) -> dict:
+    """pass_seconds along the two axes of the decoding roofline: {"new": {positions: s}} at batch 1 and
+    {"batch": {rows: s}} at one position. Where the time stays flat, more work per pass is free."""
+    news = [t for t in news if t + kwargs.get("prefix", 8) <= model.seq_len]
+    return {
+        "new": {t: pass_seconds(model, 1, t, **kwargs) for t in news},
+        "batch": {b: pass_seconds(model, b, 1, **kwargs) for b in batches},
+    }
+
+
+def deepened(model: RasterGPT, extra_layers: int) -> RasterGPT:
+    """A copy of a trained raster GPT with `extra_layers` blocks appended whose output projections are zero. Each
+    added block adds exactly 0 to the residual stream, so the copy draws from the same distribution, but its pass
+    costs what a pass of the deeper model costs: a target-sized model for timing speculative decoding with the
+    acceptance of the trained pair. For timing only: its config still describes the original."""
+    deep = copy.deepcopy(model)
+    cfg = dataclasses.replace(deep.transformer.cfg, n_layer=deep.transformer.cfg.n_layer + extra_layers)
+    device = model.head.weight.device
+    for _ in range(extra_layers):
+        block = Block(cfg).to(device)
+        torch.nn.init.zeros_(block.attn.proj.weight)
+        torch.nn.init.zeros_(block.mlp.net[2].weight)
+        deep.transformer.blocks.append(block)
+    deep.transformer.cfg = cfg
+    return deep.eval()
 
 
 def run(
@@ -225,9 +311,11 @@ def run(
     samples: int | None = None,
     previews: dict | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> dict:
     """Time every paradigm's variants at every batch size; with trained models also score their samples
-    (`samples` per variant, default by preset; 0: speed only). Returns the report (rows, ratios, yardstick);
+    (`samples` per variant, default by preset; 0: speed only); compile=True adds the compiled rows of the raster
+    GPTs and of plain, exact and Jacobi speculative sampling. Returns the report (rows, ratios, yardstick);
     a `previews` dict gets the first 20 scored samples of each variant (classes 0-9 twice)."""
     unknown = sorted(set(paradigms) - set(TITLES))
     if unknown:
@@ -244,11 +332,11 @@ def run(
     rows = []
     for name in progress_bar(paradigms, progress, desc="bench"):
         if name == "speculative":
-            rows += speculative_rows(preset, repeats, checkpoints, device, models, score)
+            rows += speculative_rows(preset, repeats, checkpoints, device, models, score, compile)
         else:
-            rows += paradigm_rows(name, preset, batches, repeats, checkpoints, device, models, score)
+            rows += paradigm_rows(name, preset, batches, repeats, checkpoints, device, models, score, compile)
     setup = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version()}
-    settings = {"preset": preset, "repeats": repeats, "models": models, "samples": samples}
+    settings = {"preset": preset, "repeats": repeats, "models": models, "samples": samples, "compile": compile}
     measured = {"rows": rows, "ratios": ratios(rows, RATIOS, batches), "yardstick": score.report}
     titles = {name: TITLES[name] for name in TITLES if name in paradigms}  # in the course's order
     return {**setup, **settings, **measured, "titles": titles}
@@ -268,6 +356,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", choices=MODELS, default="fresh", help="where models come from (see above)")
     parser.add_argument("--samples", type=int, default=None, help=samples_help)
     parser.add_argument("--device", default=None)
+    compile_help = "add compiled rows: token and pixel GPT, plain/exact/Jacobi speculative (compiles first)"
+    parser.add_argument("--compile", action="store_true", help=compile_help)
     parser.add_argument("--json", default=None, help="also write the report here")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as a Markdown table")
     args = parser.parse_args(argv)
@@ -277,6 +367,7 @@ def main(argv=None) -> int:
         checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
         preset = choose_preset(args.preset)
         models = dict(paradigms=args.paradigms, models=args.models, checkpoints=checkpoints, device=args.device)
+        models["compile"] = args.compile
         report = run(**models, preset=preset, batches=args.batches, repeats=args.repeats, samples=args.samples)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -84,17 +84,30 @@ class KVCache:
     `length` is the number of cached positions. A forward pass with the cache writes its
     new keys/values at [length, length + T) and then advances `length`. `truncate(n)`
     forgets everything after position n, which is how speculative decoding rolls back.
+
+    A static cache (static=True) keeps every shape fixed, so that the pass can be compiled: keys are
+    written by index at the new positions and attention always reads all max_len slots, with a mask
+    that hides the slots after each query's position. Truncating needs no clean-up: a stale slot
+    after the new length lies after every later query until a later write replaces it.
     """
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype):
+    def __init__(
+        self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype, static: bool = False
+    ):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.max_len = max_len
+        self.max_len, self.static = max_len, static
+        self.compiled = False  # Transformer.new_cache(compile=True) sets it: the pass runs compiled_blocks
         self.length = 0
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, T, hs) keys/values after the cached ones; return all of them so far."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Store (B, H, T, hs) keys/values at `positions` (T,); return the keys/values attention reads:
+        (B, H, L+T, hs), the cached ones and these, or all (B, H, max_len, hs) slots of a static cache."""
+        if self.static:  # index_copy_ takes the positions as a tensor: no Python int, no new shape per step
+            self.k[layer].index_copy_(2, positions, k)
+            self.v[layer].index_copy_(2, positions, v)
+            return self.k[layer], self.v[layer]  # (B, H, max_len, hs)
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions needed, max_len={self.max_len}")
@@ -108,9 +121,11 @@ class KVCache:
         self.length = length
 
     def reorder(self, index: torch.Tensor):
-        """Keep/reorder batch rows (e.g. the accepted draft in multi-draft decoding)."""
-        self.k = [k[index] for k in self.k]
-        self.v = [v[index] for v in self.v]
+        """Reorder batch rows, index (B,) (e.g. every row continues the accepted draft in multi-draft
+        decoding). In place, so a compiled pass keeps reading the same buffers."""
+        for buffers in (self.k, self.v):
+            for t in buffers:
+                t.copy_(t[index])
 
 
 # --- building blocks ----------------------------------------------------------------
@@ -144,9 +159,13 @@ class Attention(nn.Module):
         if self.rope:
             q, k = rotate_half_pairs(q, positions), rotate_half_pairs(k, positions)
         if cache is not None:
-            k, v = cache.write(layer, k, v)  # (B, H, L+T, hs)
+            k, v = cache.write(layer, k, v, positions)  # (B, H, L+T or max_len, hs)
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hs)
+        if cache is not None and cache.compiled:  # SDPA would stay an opaque kernel call; these three small
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # ops the compiler fuses: (B, H, T, max_len)
+            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v  # (B, H, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -202,12 +221,26 @@ class Transformer(nn.Module):
             if name.endswith("proj.weight") or name.endswith("net.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+    def new_cache(self, batch: int, device=None, dtype=None, *, static: bool = False, compile: bool = False):
+        """A KVCache for `batch` rows. static=True fixes every shape of a cached pass; compile=True (which
+        implies static) also runs the blocks through torch.compile (see compiled_blocks)."""
         p = next(self.parameters())
         cfg = self.cfg
-        return KVCache(
-            cfg.n_layer, batch, cfg.n_head, cfg.max_len, cfg.n_embd // cfg.n_head, device or p.device, dtype or p.dtype
+        cache = KVCache(
+            cfg.n_layer,
+            batch,
+            cfg.n_head,
+            cfg.max_len,
+            cfg.n_embd // cfg.n_head,
+            device or p.device,
+            dtype or p.dtype,
+            static=static or compile,
         )
+        cache.compiled = compile
+        if compile and cache.k[0].device.type == "cuda":  # CUDA graphs replay fixed addresses: say these are fixed
+            for t in cache.k + cache.v:
+                torch._dynamo.mark_static_address(t)
+        return cache
 
     def forward(self, x: torch.Tensor, mask="causal", cache: KVCache | None = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.cfg.n_embd:
@@ -217,18 +250,52 @@ class Transformer(nn.Module):
         if start + T > self.cfg.max_len:
             raise ValueError(f"sequence of {start + T} positions exceeds max_len={self.cfg.max_len}")
         positions = torch.arange(start, start + T, device=x.device)  # (T,)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)  # (B, T, C)
-        if T == 1 and isinstance(mask, str):  # one new token under "causal" or "full" sees every position:
+        if cache is not None and cache.static:
+            attn_mask = mask  # run_blocks resolves it from the positions tensor, so a compiled pass includes it
+        elif T == 1 and isinstance(mask, str):  # one new token under "causal" or "full" sees every position:
             attn_mask = None  # no mask lets SDPA take its fastest path (the cached sampling step)
         else:
             attn_mask = _resolve_mask(mask, start + T, x.device)[start : start + T, : start + T]  # (T, L+T)
+        blocks = compiled_blocks(x.device.type) if cache is not None and cache.compiled else Transformer.run_blocks
+        x = blocks(self, x, attn_mask, positions, cache)
+        if cache is not None:
+            cache.length += T
+        return x
+
+    def run_blocks(self, x, attn_mask, positions, cache):
+        """Positions, blocks and final norm: (B, T, C) -> (B, T, C). No Python number here depends on the
+        step, so with a static cache every call of the same (B, T) has the same shapes: what compiling needs."""
+        if cache is not None and cache.static:  # attention reads all max_len slots: hide those after the newest
+            slots = torch.arange(self.cfg.max_len, device=x.device)  # (max_len,)
+            written = slots <= positions[-1]  # a stale slot after it is left from a rolled-back guess
+            attn_mask = _resolve_mask(attn_mask, self.cfg.max_len, x.device)[positions] & written  # (T, max_len)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)  # (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, positions, cache, i)
-        if cache is not None:
-            cache.length += T
         return self.ln_f(x)  # (B, T, C)
+
+
+_COMPILED_BLOCKS = {}
+
+
+def compiled_blocks(device_type: str):
+    """Transformer.run_blocks through torch.compile, one per device type, shapes fixed (each new (B, T)
+    compiles once, in seconds to a minute: a cost the first samples pay). On CUDA mode="reduce-overhead"
+    records CUDA graphs, which replay a whole pass as one launch; on the CPU inductor emits C++ (it needs a
+    compiler, gcc or clang) and the gain is the Python and dispatch overhead of the small ops it fuses."""
+    if device_type not in _COMPILED_BLOCKS:
+        import torch._dynamo
+
+        # every model, batch size and pass length is one compiled entry; the default limit (8) is for one model
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if device_type == "cuda":
+            options = dict(mode="reduce-overhead")
+        else:  # a C++ wrapper instead of a Python one around the kernels: a pass is a few hundred microseconds
+            options = dict(options={"cpp_wrapper": True})
+        _COMPILED_BLOCKS[device_type] = torch.compile(Transformer.run_blocks, dynamic=False, **options)
+    return _COMPILED_BLOCKS[device_type]
 
 
 def init_weights(module: nn.Module):

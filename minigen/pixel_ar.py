@@ -125,6 +125,7 @@ class RasterGPT(nn.Module):
         progress: bool = False,
         use_cache: bool = True,
         snapshot_every: int | None = None,
+        compile: bool = False,
     ):
         """Generate token sequences (n, L), one token per network pass.
 
@@ -132,11 +133,16 @@ class RasterGPT(nn.Module):
         each later pass feeds only the newest token, which attends to the cache. use_cache=False: each
         pass recomputes the whole prefix (same tokens, more work). With guidance (labels, cfg_scale != 1)
         the batch holds a conditional and an unconditional copy of every row and their logits are mixed.
+        compile=True runs each pass through a static cache and torch.compile (nn.compiled_blocks): the same
+        tokens for the same generator, without the per-op overhead that dominates a small model's pass; the
+        first call per batch size pays the compilation.
         Returns (tokens, snapshots): snapshots lists (t, tokens[:, :t]) every `snapshot_every` steps.
         """
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        if compile and not use_cache:
+            raise ValueError("compile=True needs use_cache=True: it compiles the cached pass")
         labels, guided = self.class_emb.sampling_labels(n, labels, cfg_scale)  # guided: 2n labels, n of them null
-        cache = self.transformer.new_cache(2 * n if guided else n) if use_cache else None
+        cache = self.transformer.new_cache(2 * n if guided else n, compile=compile) if use_cache else None
         tokens = torch.zeros(n, 0, dtype=torch.long, device=self.head.weight.device)  # (n, t)
         snapshots = []
         with eval_mode(self):
@@ -212,6 +218,7 @@ class PixelGPT(RasterGPT):
         generator: torch.Generator | None = None,
         progress: bool = False,
         use_cache: bool = True,
+        compile: bool = False,
         return_trace: bool = False,
     ):
         """Generate n images (n, 1, H, W) in [0, 1], one pixel per network pass.
@@ -231,6 +238,7 @@ class PixelGPT(RasterGPT):
             generator=generator,
             progress=progress,
             use_cache=use_cache,
+            compile=compile,
             snapshot_every=max(1, self.n_pixels // 16) if return_trace else None,
         )
         images = self.to_images(tokens)

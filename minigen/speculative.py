@@ -37,6 +37,7 @@ __all__ = [
     "codebook_neighbours",
     "relaxed_distribution",
     "expected_tokens_per_pass",
+    "predicted_speedup",
     "Decoder",
     "DRAFT_PRESETS",
 ]
@@ -68,7 +69,8 @@ class Decoder:
     all but the first n generated tokens (speculative decoding's rollback); `reorder(index)` copies rows.
     Guidance (an unconditional copy of every row, logits mixed), temperature, top-k and top-p are applied
     here, so every sampler that uses a Decoder warps alike. With use_cache=False each feed recomputes the
-    whole prefix instead of reading the KV cache (same distributions, the reference for the cache).
+    whole prefix instead of reading the KV cache (same distributions, the reference for the cache);
+    compile=True runs every pass compiled on a static cache (see RasterGPT.sample_tokens).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Decoder:
         top_p=None,
         cfg_scale=1.0,
         use_cache: bool = True,
+        compile: bool = False,
     ):
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         self.model, self.rows = model, rows
@@ -90,7 +93,9 @@ class Decoder:
         self.cfg_scale = cfg_scale
         self.seq_len, self.vocab_size = model.seq_len, model.vocab_size
         batch = 2 * rows if self.guided else rows
-        self.cache = model.transformer.new_cache(batch) if use_cache else None
+        if compile and not use_cache:
+            raise ValueError("compile=True needs use_cache=True: it compiles the cached pass")
+        self.cache = model.transformer.new_cache(batch, compile=compile) if use_cache else None
         self.seen = torch.zeros(batch, 0, dtype=torch.long, device=model.head.weight.device)  # without a cache
         self.started = False
         self.dtype = torch.float64 if model.head.weight.dtype == torch.float64 else torch.float32  # of the output
@@ -138,11 +143,12 @@ class Decoder:
             self.cache.reorder(index)
 
 
-def make_decoder(model, rows: int, labels, sampling: dict):
+def make_decoder(model, rows: int, labels, sampling: dict, compile: bool = False):
     """A Decoder over a RasterGPT (the samplers run it in eval mode: dropout would make p differ from pass
-    to pass). The exactness tests pass probability tables that bring a decoder with the same interface."""
+    to pass), compiled or not. The exactness tests pass probability tables that bring a decoder with the
+    same interface."""
     if isinstance(model, RasterGPT):
-        return Decoder(model, rows, labels, **sampling)
+        return Decoder(model, rows, labels, **sampling, compile=compile)
     return model.decoder(rows, labels, **sampling)
 
 
@@ -249,6 +255,13 @@ def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
+def predicted_speedup(alpha: float, gamma: int, c: float, verify: float = 1.0) -> float:
+    """Speculative sampling's speed-up over plain decoding: tokens per round over the cost of a round, counted in
+    plain target passes: gamma draft passes of c each and one target pass over gamma + 1 positions, which costs
+    `verify` (1 on the flat part of the decoding roofline, where more positions cost nothing)."""
+    return expected_tokens_per_pass(alpha, gamma) / (gamma * c + verify)
+
+
 def _commit(tokens, guesses, accepted, nxt):
     """All rows advance by the fewest kept guesses m (a row that kept more keeps its guess m as the next
     token); the token after the kept guesses is the correction or bonus. Returns (tokens, m, from_guess)."""
@@ -300,19 +313,21 @@ def speculative_sample(
     generator: torch.Generator | None = None,
     dice: Dice | None = None,
     relax=None,
+    compile: bool = False,
 ):
     """Exact speculative sampling: the draft guesses gamma tokens, one target pass checks them all.
 
     Returns (tokens (n, L), trace). The tokens are distributed exactly as target.sample_tokens with the
     same temperature / top-k / top-p / guidance, which apply to target and draft alike. Rows of a batch
     advance together by the fewest kept guesses (still exact; at n = 1 it is the textbook algorithm).
-    relax = (neighbours, delta) turns on LANTERN's relaxed acceptance (see lantern_sample).
+    relax = (neighbours, delta) turns on LANTERN's relaxed acceptance (see lantern_sample). compile=True
+    runs the passes of both models compiled (see RasterGPT.sample_tokens), the same tokens for the same generator.
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
     with eval_mode(target, draft):
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-        tgt, drf = make_decoder(target, n, labels, sampling), make_decoder(draft, n, labels, sampling)
+        tgt, drf = make_decoder(target, n, labels, sampling, compile), make_decoder(draft, n, labels, sampling, compile)
         if (tgt.seq_len, tgt.vocab_size) != (drf.seq_len, drf.vocab_size):
             raise ValueError(
                 f"target and draft disagree on (seq_len, vocab): {(tgt.seq_len, tgt.vocab_size)} "
@@ -426,6 +441,7 @@ def jacobi_sample(
     cfg_scale: float = 1.0,
     generator: torch.Generator | None = None,
     dice: Dice | None = None,
+    compile: bool = False,
 ):
     """Speculative Jacobi decoding (exact, no draft model): keep a window of guessed tokens after the
     committed ones; each target pass scores the whole window, verifies it left to right with the same
@@ -437,9 +453,8 @@ def jacobi_sample(
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     with eval_mode(target):
-        tgt = make_decoder(
-            target, n, labels, dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-        )
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        tgt = make_decoder(target, n, labels, sampling, compile)
         L, V = tgt.seq_len, tgt.vocab_size
         grid = int(round(L**0.5))
         dice = dice or Dice(generator)
@@ -512,6 +527,7 @@ def multi_draft_sample(
     cfg_scale: float = 1.0,
     generator: torch.Generator | None = None,
     dice: Dice | None = None,
+    compile: bool = False,
 ):
     """Exact multi-draft speculative sampling: the draft proposes `drafts` independent sequences of gamma
     tokens; one target pass scores them all (as drafts x n rows); verify_candidates applies recursive
@@ -524,7 +540,8 @@ def multi_draft_sample(
         raise ValueError(f"labels has {row_labels.numel() // k} entries for {n} images (one label per image)")
     with eval_mode(target, draft):
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-        tgt, drf = make_decoder(target, n * k, row_labels, sampling), make_decoder(draft, n * k, row_labels, sampling)
+        tgt = make_decoder(target, n * k, row_labels, sampling, compile)
+        drf = make_decoder(draft, n * k, row_labels, sampling, compile)
         dice = dice or Dice(generator)
         rows = torch.zeros(n * k, 0, dtype=torch.long, device=tgt.device)  # every draft row holds the prefix
         trace = Trace(n, tgt.seq_len)

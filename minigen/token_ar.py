@@ -74,6 +74,7 @@ class TokenGPT(OnTokenizer, RasterGPT):
         generator: torch.Generator | None = None,
         progress: bool = False,
         use_cache: bool = True,
+        compile: bool = False,
         return_trace: bool = False,
         return_tokens: bool = False,
     ):
@@ -93,6 +94,7 @@ class TokenGPT(OnTokenizer, RasterGPT):
             generator=generator,
             progress=progress,
             use_cache=use_cache,
+            compile=compile,
             snapshot_every=1 if return_trace else None,
         )
         out = tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
