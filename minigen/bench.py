@@ -272,6 +272,18 @@ def pass_seconds(model: RasterGPT, batch: int = 1, new: int = 1, *, prefix: int 
         return median(timed(device, one_pass)[0] for _ in range(repeats))
 
 
+def interleaved(fns: dict, seeds, blocks: int = 3, device="cpu") -> dict:
+    """{name: [seconds per call, one mean per block]}: every fn(seed) runs on every seed, block after block, the
+    functions taking turns within each block, so that a drifting machine slows them all alike. Read the median
+    of a name's blocks against another's, and the range across blocks for how far a ratio can be trusted."""
+    seeds = list(seeds)
+    out = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            out[name].append(fmean(timed(device, fn, seed)[0] for seed in seeds))
+    return out
+
+
 def roofline(model: RasterGPT, news=(1, 2, 4, 8, 16, 32, 64), batches=(1, 4, 16, 64, 256), **kwargs) -> dict:
     """pass_seconds along the two axes of the decoding roofline: {"new": {positions: s}} at batch 1 and
     {"batch": {rows: s}} at one position. Where the time stays flat, more work per pass is free."""

@@ -493,8 +493,9 @@ def progress_bar(iterable, progress: bool = True, **kwargs):
 @contextlib.contextmanager
 def eval_mode(*modules):
     """A block in which `modules` run in eval mode (no dropout, no training-time updates); each gets its
-    own mode back afterwards, even on an error. Anything that is not an nn.Module is ignored."""
-    modules = [m for m in modules if isinstance(m, nn.Module)]
+    own mode back afterwards, even on an error. Anything that is not an nn.Module is ignored, and so is a module
+    already wholly in eval mode (switching walks every submodule twice: a cost per sampler call)."""
+    modules = [m for m in modules if isinstance(m, nn.Module) and any(x.training for x in m.modules())]
     modes = [m.training for m in modules]
     try:
         for m in modules:

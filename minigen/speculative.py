@@ -38,6 +38,7 @@ __all__ = [
     "relaxed_distribution",
     "expected_tokens_per_pass",
     "predicted_speedup",
+    "expected_rounds",
     "Decoder",
     "DRAFT_PRESETS",
 ]
@@ -255,11 +256,29 @@ def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def predicted_speedup(alpha: float, gamma: int, c: float, verify: float = 1.0) -> float:
+def expected_rounds(alpha: float, gamma: int, length: int) -> float:
+    """Expected rounds to draw `length` tokens when each guess is kept with probability alpha: a round keeps k < g
+    guesses and adds a correction (probability alpha^k (1 - alpha)), or keeps all g and adds a bonus token
+    (alpha^g), with g = min(gamma, tokens still missing) and no bonus past the end. For long sequences
+    length / expected_rounds tends to expected_tokens_per_pass; for short ones the truncated last rounds lower it."""
+    rounds = [0.0] * (length + 1)  # rounds[n]: expected rounds to finish with n tokens missing
+    for n in range(1, length + 1):
+        g = min(gamma, n)
+        rounds[n] = 1.0 + sum(alpha**k * (1 - alpha) * rounds[n - min(k + 1, n)] for k in range(g))
+        rounds[n] += alpha**g * rounds[n - min(g + 1, n)]
+    return rounds[length]
+
+
+def predicted_speedup(alpha: float, gamma: int, c: float, verify: float = 1.0, length: int | None = None) -> float:
     """Speculative sampling's speed-up over plain decoding: tokens per round over the cost of a round, counted in
     plain target passes: gamma draft passes of c each and one target pass over gamma + 1 positions, which costs
-    `verify` (1 on the flat part of the decoding roofline, where more positions cost nothing)."""
-    return expected_tokens_per_pass(alpha, gamma) / (gamma * c + verify)
+    `verify` (1 on the flat part of the decoding roofline, where more positions cost nothing). Tokens per round
+    are expected_tokens_per_pass, or, for a sequence of `length` tokens, length / expected_rounds."""
+    if length is None:
+        per_round = expected_tokens_per_pass(alpha, gamma)
+    else:
+        per_round = length / expected_rounds(alpha, gamma, length)
+    return per_round / (gamma * c + verify)
 
 
 def _commit(tokens, guesses, accepted, nxt):

@@ -127,11 +127,22 @@ def test_pass_seconds_and_roofline():
         bench.pass_seconds(model, 1, 30, prefix=4)
 
 
+def test_expected_rounds_count_the_cut_short_last_rounds():
+    assert S.expected_rounds(1.0, 3, 8) == 2  # every guess kept: 4 tokens a round
+    assert S.expected_rounds(1.0, 3, 49) == 13  # twelve rounds of 4, then one for the last token
+    assert S.expected_rounds(0.0, 3, 49) == 49  # nothing kept: one correction a round
+    long = 4000 / S.expected_rounds(0.69, 4, 4000)  # a long sequence: the textbook tokens per round
+    assert long == pytest.approx(S.expected_tokens_per_pass(0.69, 4), rel=1e-3)
+    assert 49 / S.expected_rounds(0.69, 6, 49) < S.expected_tokens_per_pass(0.69, 6)
+
+
 def test_predicted_speedup():
     # on a flat roofline with a free draft it is the tokens per round; a draft as dear as the target never pays
     assert S.predicted_speedup(0.5, 3, 0.0) == pytest.approx(S.expected_tokens_per_pass(0.5, 3)) == 1.875
     assert S.predicted_speedup(0.9, 4, 1.0) < 1
     assert S.predicted_speedup(0.69, 4, 0.025, verify=1.42) == pytest.approx(2.72 / 1.52, rel=0.01)
+    short = S.predicted_speedup(0.69, 4, 0.025, verify=1.42, length=49)
+    assert short == pytest.approx(49 / S.expected_rounds(0.69, 4, 49) / 1.52)
 
 
 def test_bench_compiled_rows():
