@@ -272,6 +272,17 @@ def pass_seconds(model: RasterGPT, batch: int = 1, new: int = 1, *, prefix: int 
         return median(timed(device, one_pass)[0] for _ in range(repeats))
 
 
+def pass_ratio(model: RasterGPT, new: int = 1, reference: RasterGPT | None = None, *, rounds: int = 5, **kwargs):
+    """t(model, new positions) / t(reference, one position), reference defaulting to model: the median of `rounds`
+    ratios, the two passes timed back to back each time, so that a machine drifting between measurements moves
+    numerator and denominator alike. v_gamma is pass_ratio(target, gamma + 1); c is pass_ratio(draft, 1, target)."""
+    reference = model if reference is None else reference
+    kwargs.setdefault("repeats", 5)
+    return median(
+        pass_seconds(model, 1, new, **kwargs) / pass_seconds(reference, 1, 1, **kwargs) for _ in range(rounds)
+    )
+
+
 def interleaved(fns: dict, seeds, blocks: int = 3, device="cpu") -> dict:
     """{name: [seconds per call, one mean per block]}: every fn(seed) runs on every seed, block after block, the
     functions taking turns within each block, so that a drifting machine slows them all alike. Read the median

@@ -125,6 +125,10 @@ def test_pass_seconds_and_roofline():
     assert list(curve["batch"]) == [1, 8] and all(s > 0 for s in curve["batch"].values())
     with pytest.raises(ValueError, match="prefix"):
         bench.pass_seconds(model, 1, 30, prefix=4)
+    bigger = bench.timing_model(4, 2, 64, seq_len=24, vocab_size=16)
+    # c of a 1-block draft against a 4-block, 4x wider target is well below 1; the ratio of a pass to itself is ~1
+    assert bench.pass_ratio(model, 1, bigger, prefix=4, rounds=3, repeats=5) < 1
+    assert 0.3 < bench.pass_ratio(model, 1, prefix=4, rounds=3, repeats=5) < 3
 
 
 def test_expected_rounds_count_the_cut_short_last_rounds():
