@@ -71,16 +71,18 @@ def ratios(rows: list[dict], pairs, batches) -> list[dict]:
 
 def format_report(report: dict) -> str:
     """The report as text: one line per row, what the columns mean, then the side-by-side ratios."""
+    vw = max([12] + [len(r["variant"]) for r in report["rows"]])  # variant column: as wide as its longest label
+    rw = max([48] + [len(r["ratio"]) for r in report["ratios"]])
     lines = [
         f"device: {report['device']} | torch {report['torch']} | preset {report['preset']} | "
         f"repeats {report['repeats']} | models {report.get('models', 'fresh')}",
         "",
-        f"{'paradigm':<12} {'variant':<12} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} "
+        f"{'paradigm':<12} {'variant':<{vw}} {'batch':>5} {'passes':>6} {'ms/batch':>10} {'images/s':>10} "
         f"{'accept':>7} {'FID':>7} {'acc':>6} {'NLL':>7}",
     ]
     for r in report["rows"]:
         lines.append(
-            f"{r['paradigm']:<12} {r['variant']:<12} {r['batch']:>5} {r['passes']:>6} "
+            f"{r['paradigm']:<12} {r['variant']:<{vw}} {r['batch']:>5} {r['passes']:>6} "
             f"{1e3 * r['seconds_per_batch']:>10.1f} {r['images_per_second']:>10.1f} "
             f"{_cell(r.get('acceptance'), '.2f'):>7} {_cell(r.get('fid'), '.1f'):>7} "
             f"{_cell(r.get('class_accuracy'), '.1%'):>6} {_cell(r.get('nll'), '.1f'):>7}"
@@ -107,7 +109,7 @@ def format_report(report: dict) -> str:
             f"classifier test accuracy {y['classifier_test_accuracy']:.1%} | "
             f"floor (500 training digits): {floors} | uniform noise {y['noise_fid']:.0f}"
         )
-    lines += ["", f"{'side by side':<48} {'batch':>5} {'speed-up':>9}"]
+    lines += ["", f"{'side by side':<{rw}} {'batch':>5} {'speed-up':>9}"]
     for r in report["ratios"]:
-        lines.append(f"{r['ratio']:<48} {r['batch']:>5} {r['speedup']:>8.2f}x")
+        lines.append(f"{r['ratio']:<{rw}} {r['batch']:>5} {r['speedup']:>8.2f}x")
     return "\n".join(lines)

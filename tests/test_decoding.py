@@ -156,3 +156,13 @@ def test_bench_compiled_rows():
     assert any(r["ratio"] == "token: compiled vs eager (KV cache)" for r in report["ratios"])
     plain = bench.run(paradigms=["token"], preset="smoke", batches=[1], repeats=1, device="cpu")
     assert "compiled" not in {r["variant"] for r in plain["rows"]}
+
+
+def test_report_columns_fit_the_compiled_labels():
+    row = dict(batch=1, passes=13, seconds_per_batch=0.01, images_per_second=100.0, trained=True)
+    rows = [dict(row, paradigm="speculative", variant="exact g=3 compiled"), dict(row, paradigm="token", variant="x")]
+    ratio = dict(ratio="speculative jacobi w=8 compiled vs plain compiled", batch=1, speedup=2.0)
+    report = dict(device="cpu", torch="2", preset="smoke", repeats=1, rows=rows, ratios=[ratio])
+    rows_block, ratios_block = bench.format_report(report).split("\n\n")[1:3]
+    for block in (rows_block, ratios_block):  # header and lines: every column starts at the same place
+        assert len({len(line) for line in block.splitlines()}) == 1, block
