@@ -92,13 +92,23 @@ class KVCache:
     """
 
     def __init__(
-        self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype, static: bool = False
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        max_len: int,
+        head_dim: int,
+        device,
+        dtype,
+        static: bool = False,
+        compiled: bool = False,
     ):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.max_len, self.static = max_len, static
-        self.compiled = False  # Transformer.new_cache(compile=True) sets it: the pass runs compiled_blocks
+        self.max_len = max_len
+        self.compiled = compiled  # passes with this cache run compiled_blocks, which needs fixed shapes:
+        self.static = static or compiled
         self.length = 0
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
@@ -234,9 +244,9 @@ class Transformer(nn.Module):
             cfg.n_embd // cfg.n_head,
             device or p.device,
             dtype or p.dtype,
-            static=static or compile,
+            static=static,
+            compiled=compile,
         )
-        cache.compiled = compile
         if compile and cache.k[0].device.type == "cuda":  # CUDA graphs replay fixed addresses: say these are fixed
             for t in cache.k + cache.v:
                 torch._dynamo.mark_static_address(t)

@@ -2,6 +2,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+from minigen.pixel_ar import RasterGPT
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
 
@@ -18,6 +21,23 @@ def solution_function(notebook: str, name: str):
     if name not in namespace:
         raise LookupError(f"the implement-it cell of solutions/{notebook} defines no {name}")
     return namespace[name]
+
+
+class TinyGPT(RasterGPT):
+    """A RasterGPT whose tokens are the data: for tests of samplers, which never need images."""
+
+    def to_tokens(self, x):
+        return x
+
+    def to_images(self, tokens):
+        return tokens
+
+
+def tiny_gpt(seed, seq_len=3, vocab=4, n_classes=0, n_layer=1):
+    torch.manual_seed(seed)
+    model = TinyGPT(seq_len, vocab, n_classes, 0.0, n_layer=n_layer, n_head=2, n_embd=16, dropout=0.0)
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # far from uniform, and target != draft
+    return model.eval()
 
 
 @pytest.fixture(autouse=True, scope="session")

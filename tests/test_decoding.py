@@ -1,93 +1,26 @@
-"""The static KV cache, the compiled decoding pass, and the decoding-roofline tools of notebook 10.
+"""The compiled decoding pass and the decoding-roofline tools of notebook 10 (the static KV cache: test_nn.py).
 
 Compiling takes seconds per pass length here, so the compiled tests use the smallest models and few shapes."""
 
 import pytest
 import torch
+from conftest import tiny_gpt
 
 import minigen.speculative as S
 from minigen import bench
-from minigen.nn import Transformer, TransformerConfig, block_causal_mask
-from minigen.pixel_ar import RasterGPT
 
-
-def tiny(pos="learned", max_len=12):
-    torch.manual_seed(0)
-    return Transformer(TransformerConfig(n_layer=2, n_head=2, n_embd=16, max_len=max_len, pos=pos)).eval()
-
-
-def feed_in_chunks(model, x, mask, cache, chunks):
-    outs, start = [], 0
-    for size in chunks:
-        outs.append(model(x[:, start : start + size], mask=mask, cache=cache))
-        start += size
-    return torch.cat(outs, 1)
-
-
-@pytest.mark.parametrize("pos", ["learned", "rope"])
-@pytest.mark.parametrize("mask_kind", ["causal", "block", "full"])
-def test_static_cache_equals_recompute(pos, mask_kind):
-    """All max_len slots are read, so the unwritten ones must be hidden whatever the mask allows."""
-    model = tiny(pos)
-    sizes = [1, 2, 3, 6]
-    mask = {"block": block_causal_mask(sizes), "causal": "causal", "full": "full"}[mask_kind]
-    x = torch.randn(3, 12, 16)
-    chunks = sizes if mask_kind != "causal" else [1, 3, 1, 1, 6]
-    static = model.new_cache(3, static=True)
-    dynamic = model.new_cache(3)
-    got = feed_in_chunks(model, x, mask, static, chunks)
-    want = feed_in_chunks(model, x, mask, dynamic, chunks)
-    assert static.k[0].shape[2] == 12 and static.length == 12
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    if mask_kind == "causal":
-        torch.testing.assert_close(got, model(x), atol=1e-5, rtol=1e-5)
-
-
-def test_static_cache_rollback_leaves_no_trace():
-    """After truncate, the stale keys of the rejected continuation stay in their slots: a later query must not
-    see them, and a longer continuation overwrites them."""
-    model = tiny()
-    x, rejected = torch.randn(1, 9, 16), 5 * torch.randn(1, 4, 16)
-    cache = model.new_cache(1, static=True)
-    model(x[:, :5], cache=cache)
-    model(rejected, cache=cache)  # slots 5-8 now hold keys of other tokens
-    cache.truncate(5)
-    resumed = torch.cat([model(x[:, 5:6], cache=cache), model(x[:, 6:], cache=cache)], 1)
-    torch.testing.assert_close(resumed, model(x)[:, 5:], atol=1e-5, rtol=1e-5)
-
-
-def test_static_cache_reorder_is_in_place():
-    model = tiny()
-    cache = model.new_cache(3, static=True)
-    model(torch.randn(3, 4, 16), cache=cache)
-    buffers = [t.data_ptr() for t in cache.k + cache.v]
-    before = cache.k[1].clone()
-    cache.reorder(torch.tensor([2, 2, 0]))
-    assert [t.data_ptr() for t in cache.k + cache.v] == buffers  # a compiled pass keeps reading these
-    torch.testing.assert_close(cache.k[1], before[[2, 2, 0]])
-
-
-class TinyGPT(RasterGPT):
-    def to_images(self, tokens):
-        return tokens
-
-
-def tiny_gpt(seed, n_layer=1, n_embd=16, seq_len=6, vocab=8):
-    torch.manual_seed(seed)
-    model = TinyGPT(seq_len, vocab, 3, 0.0, n_layer=n_layer, n_head=2, n_embd=n_embd, dropout=0.0)
-    torch.nn.init.normal_(model.head.weight, std=1.0)
-    return model.eval()
+SMALL = dict(seq_len=6, vocab=8, n_classes=3)
 
 
 def test_compile_needs_the_cache():
     with pytest.raises(ValueError, match="use_cache"):
-        tiny_gpt(0).sample_tokens(1, compile=True, use_cache=False)
+        tiny_gpt(0, **SMALL).sample_tokens(1, compile=True, use_cache=False)
 
 
 def test_compiled_sampling_draws_the_eager_tokens():
     """The compiled pass computes the same logits up to float rounding, so the same generator draws the same
     tokens: plain sampling (batch 2, guidance on: 4 rows) and exact speculative sampling (several pass lengths)."""
-    target, draft = tiny_gpt(0, n_layer=2), tiny_gpt(1)
+    target, draft = tiny_gpt(0, n_layer=2, **SMALL), tiny_gpt(1, **SMALL)
     labels = torch.tensor([0, 2])
 
     def plain(compile):
@@ -105,7 +38,7 @@ def test_compiled_sampling_draws_the_eager_tokens():
 
 
 def test_deepened_model_keeps_the_distribution_and_costs_more():
-    model = tiny_gpt(0, n_layer=1)
+    model = tiny_gpt(0, **SMALL)
     deep = bench.deepened(model, 3)
     tokens, labels = torch.randint(0, 8, (4, 6)), torch.tensor([0, 1, 2, 0])
     assert deep.transformer.cfg.n_layer == 4 and len(deep.transformer.blocks) == 4

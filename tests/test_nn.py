@@ -71,12 +71,61 @@ def test_kv_cache_equals_recompute(pos, mask_kind):
     full = model(x, mask=mask)
     cache = model.new_cache(3)
     chunks = sizes if mask_kind == "block" else [1, 3, 1, 1, 6]  # prefill, then appends
+    outs = feed_in_chunks(model, x, mask, cache, chunks)
+    assert cache.length == 12
+    torch.testing.assert_close(outs, full, atol=1e-5, rtol=1e-5)
+
+
+def feed_in_chunks(model, x, mask, cache, chunks):
+    """The outputs of x (B, T, C) fed through the cache in consecutive chunks of these sizes, (B, T, C)."""
     outs, start = [], 0
     for size in chunks:
         outs.append(model(x[:, start : start + size], mask=mask, cache=cache))
         start += size
-    assert cache.length == 12
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("mask_kind", ["causal", "block", "full"])
+def test_static_cache_equals_recompute(pos, mask_kind):
+    """All max_len slots are read, so the unwritten ones must be hidden whatever the mask allows."""
+    model = tiny(pos)
+    sizes = [1, 2, 3, 6]
+    mask = {"block": block_causal_mask(sizes), "causal": "causal", "full": "full"}[mask_kind]
+    x = torch.randn(3, 12, 16)
+    chunks = sizes if mask_kind != "causal" else [1, 3, 1, 1, 6]
+    static = model.new_cache(3, static=True)
+    dynamic = model.new_cache(3)
+    got = feed_in_chunks(model, x, mask, static, chunks)
+    want = feed_in_chunks(model, x, mask, dynamic, chunks)
+    assert static.k[0].shape[2] == 12 and static.length == 12
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if mask_kind == "causal":
+        torch.testing.assert_close(got, model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_rollback_leaves_no_trace():
+    """After truncate, the stale keys of the rejected continuation stay in their slots: a later query must not
+    see them, and a longer continuation overwrites them."""
+    model = tiny()
+    x, rejected = torch.randn(1, 9, 16), 5 * torch.randn(1, 4, 16)
+    cache = model.new_cache(1, static=True)
+    model(x[:, :5], cache=cache)
+    model(rejected, cache=cache)  # slots 5-8 now hold keys of other tokens
+    cache.truncate(5)
+    resumed = torch.cat([model(x[:, 5:6], cache=cache), model(x[:, 6:], cache=cache)], 1)
+    torch.testing.assert_close(resumed, model(x)[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_reorder_is_in_place():
+    model = tiny()
+    cache = model.new_cache(3, static=True)
+    model(torch.randn(3, 4, 16), cache=cache)
+    buffers = [t.data_ptr() for t in cache.k + cache.v]
+    before = cache.k[1].clone()
+    cache.reorder(torch.tensor([2, 2, 0]))
+    assert [t.data_ptr() for t in cache.k + cache.v] == buffers  # a compiled pass keeps reading these
+    torch.testing.assert_close(cache.k[1], before[[2, 2, 0]])
 
 
 def test_kv_cache_truncate_rolls_back():

@@ -6,10 +6,10 @@ from collections import defaultdict
 
 import pytest
 import torch
+from conftest import tiny_gpt
 
 from minigen import speculative as S
 from minigen.nn import sample_from_probs, warp_logits
-from minigen.pixel_ar import RasterGPT
 
 # --- probability-table models and a dice that walks every outcome -----------------------
 
@@ -227,21 +227,6 @@ def test_relaxed_acceptance_is_not_exact_but_raises_acceptance():
 
 
 # --- the real implementation on tiny GPTs: chi-square against the exact distribution -------
-
-
-class TinyGPT(RasterGPT):
-    def to_tokens(self, x):
-        return x
-
-    def to_images(self, tokens):
-        return tokens
-
-
-def tiny_gpt(seed, seq_len=3, vocab=4, n_classes=0):
-    torch.manual_seed(seed)
-    model = TinyGPT(seq_len, vocab, n_classes, 0.0, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
-    torch.nn.init.normal_(model.head.weight, std=1.0)  # far from uniform, and target != draft
-    return model.eval()
 
 
 def gpt_distribution(model, labels=None, **warp) -> torch.Tensor:
