@@ -8,17 +8,20 @@ Start with notebooks/00_overview.ipynb. The shared parts:
   minigen.viz      image grids, loss curves, mask pictures, generation traces
   minigen.metrics  nats per image, bits per dimension, classifier FID and class accuracy of samples
 Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ, ContinuousAE), token_ar (TokenGPT),
-masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), speculative (speculative_sample, jacobi_sample, lantern_sample,
-multi_draft_sample), arnet (ARNet, ClassicAR).
+masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), speculative (the exact rule, the Decoder, speculative_sample,
+the cost model), speculative_variants (jacobi_sample, lantern_sample, multi_draft_sample), arnet (ARNet, ClassicAR).
+Decoding speed: roofline (pass timings, the decoding roofline, interleaved timing).
 """
 
-from minigen import speculative
+from minigen import speculative, speculative_variants
 from minigen.data import BinaryPatterns, load_images, make_loader
 from minigen.masked_ar import MaskGIT, MaskGITConfig
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.nn import Transformer, TransformerConfig, block_causal_mask, causal_mask, full_mask
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.registry import load_model
+from minigen.speculative import speculative_sample
+from minigen.speculative_variants import jacobi_sample, lantern_sample, multi_draft_sample
 from minigen.token_ar import TokenGPT, TokenGPTConfig
 from minigen.tokenizers import VQVAE, VQConfig
 from minigen.train import fit, pick_device, preset, save_checkpoint, seed_everything, train_or_load
@@ -44,6 +47,11 @@ __all__ = [
     "MaskGIT",
     "MaskGITConfig",
     "speculative",
+    "speculative_variants",
+    "speculative_sample",
+    "jacobi_sample",
+    "lantern_sample",
+    "multi_draft_sample",
     "fit",
     "load_model",
     "pick_device",

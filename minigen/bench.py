@@ -13,37 +13,27 @@ there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
-import os
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean, median
+from statistics import fmean
 
 import torch
 
 from minigen import registry
 from minigen import speculative as spec
+from minigen import speculative_variants as variants
 from minigen.cli import train
 from minigen.data import data_dir
 from minigen.metrics import SampleScorer, Yardstick, nll_entry, quality_data, to_28  # noqa: F401 (notebook 09)
-from minigen.nn import Block, eval_mode, progress_bar
-from minigen.pixel_ar import RasterGPT
+from minigen.nn import progress_bar
+from minigen.registry import weights_record  # noqa: F401 (notebook 09)
 from minigen.report import format_report, markdown_table, ratios, row, summary  # noqa: F401 (notebook 09)
-from minigen.train import (
-    CheckpointError,
-    device_name,
-    pick_device,
-    read_checkpoint,
-    seed_everything,
-    synchronize,
-)
+from minigen.roofline import timed
+from minigen.train import device_name, pick_device, read_checkpoint, seed_everything
 from minigen.train import preset as choose_preset
-from minigen.weights import shipped
 
 
 @dataclass(frozen=True)
@@ -72,9 +62,9 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
 SPECULATIVE = [
     ("plain", lambda t, d, y, g, **kw: (t.sample_tokens(len(y), y, generator=g, **kw)[0], None)),
     ("exact g=3", lambda t, d, y, g, **kw: spec.speculative_sample(t, d, len(y), y, gamma=3, generator=g, **kw)),
-    ("jacobi w=8", lambda t, d, y, g, **kw: spec.jacobi_sample(t, len(y), y, window=8, generator=g, **kw)),
-    ("lantern d=.2", lambda t, d, y, g: spec.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
-    ("multi k=3", lambda t, d, y, g: spec.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
+    ("jacobi w=8", lambda t, d, y, g, **kw: variants.jacobi_sample(t, len(y), y, window=8, generator=g, **kw)),
+    ("lantern d=.2", lambda t, d, y, g: variants.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
+    ("multi k=3", lambda t, d, y, g: variants.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
 ]
 # --compile adds these: the same samplers with every pass compiled on a static KV cache (nn.compiled_blocks);
 # they draw the same tokens as their eager rows, so their samples are not scored again
@@ -110,15 +100,16 @@ MODELS = ("fresh", "notebooks", "train")
 
 def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
     """(model, where its weights came from: a checkpoint path, "shipped:STEM", or None for fresh weights): the
-    checkpoint given for `name`, else by `models` fresh weights, the notebook's (notebook_model), or one trained now
-    with the CLI's recipe (tokenizer first) into data/bench/NAME-PRESET/model.pt, reused once finished."""
+    checkpoint given for `name`, else by `models` fresh weights, the notebook's (registry.finished_weights), or one
+    trained now with the CLI's recipe (tokenizer first) into data/bench/NAME-PRESET/model.pt, reused once finished."""
     if name in checkpoints:
         return registry.load_model(checkpoints[name], device=device), checkpoints[name]
     if models == "fresh":
         seed_everything(0)
         return registry.recipe(name, preset_name)["model"].to(device).eval(), None
     if models == "notebooks":
-        found = notebook_model(name, preset_name, device)
+        stem = f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}"
+        found = registry.finished_weights(stem, registry.recipe(name, preset_name)["steps"], device)
         if found is not None:
             return found
     path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
@@ -127,51 +118,6 @@ def build(name: str, preset_name: str, checkpoints: dict, device, models: str = 
     if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
         train(name, preset_name, path.parent, device=device, n=20)
     return registry.load_model(path, device=device), str(path)
-
-
-def notebook_model(name: str, preset_name: str, device):
-    """(model, source) as the notebook's train_or_load(model, data/STEM.pt, steps=recipe steps) finds it without
-    training: the finished checkpoint data/STEM.pt, else the weights minigen ships for STEM (unless MINIGEN_TRAIN=1);
-    None when neither is there (reasons printed, one line each). Each is rebuilt from its own config: a token model's
-    config holds the tokenizer its notebook attached, which the recipe's fresh model does not know."""
-    stem, steps = f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}", registry.recipe(name, preset_name)["steps"]
-    path = data_dir() / f"{stem}.pt"
-    if path.exists():
-        try:
-            state = read_checkpoint(path)
-            if state["step"] < steps:
-                raise CheckpointError(f"trained {state['step']} steps, fewer than the recipe's {steps}")
-            return registry.load_model(path, device=device), str(path)
-        except CheckpointError as err:
-            print(f"ignoring {path}: {err}")
-    entry = shipped(stem)
-    if entry is None or os.environ.get("MINIGEN_TRAIN", "") not in ("", "0"):
-        return None
-    if int(entry.get("step") or 0) < steps:
-        print(
-            f"ignoring the shipped weights {stem}: trained {entry.get('step')} steps, fewer than the recipe's {steps}"
-        )
-        return None
-    model = registry.load_model_shipped(stem, device=device)  # None, with the reason printed, if they do not load
-    return None if model is None else (model, f"shipped:{stem}")
-
-
-def weights_record(source: str) -> dict:
-    """Step and training history of the weights build() found at `source` (a checkpoint path or "shipped:STEM")."""
-    if source.startswith("shipped:"):
-        entry = shipped(source.removeprefix("shipped:")) or {}
-        return {"step": entry.get("step"), "history": entry.get("history") or {}}
-    state = read_checkpoint(source)
-    return {"step": state["step"], "history": state.get("history") or {}}
-
-
-def timed(device, fn, *args, **kwargs) -> tuple[float, object]:
-    """(seconds, result) of fn(*args, **kwargs), the device synchronised around it so its queued GPU work counts."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
-    synchronize(device)
-    return time.perf_counter() - t0, result
 
 
 def time_sampler(model, batch: int, repeats: int, device, **kwargs) -> tuple[float, dict]:
@@ -236,90 +182,6 @@ def speculative_rows(
             sample_fn = lambda k, y, g: target.to_images(run_one(y, g)[0])
             rows[-1].update(score(("speculative", label), sample_fn, target.n_classes, registry.data_spec("token")))
     return rows
-
-
-# --- the decoding roofline (notebook 10) ----------------------------------------------------
-
-
-def timing_model(n_layer: int, n_head: int, n_embd: int, seq_len: int = 128, vocab_size: int = 512, device=None):
-    """An untrained raster GPT of these sizes, for timing passes: the work of a pass does not depend on the weights."""
-    seed_everything(0)
-    model = RasterGPT(seq_len, vocab_size, 10, 0.0, n_layer, n_head, n_embd, 0.0)
-    return model.to(pick_device(device)).eval()
-
-
-@torch.no_grad()
-def pass_seconds(model: RasterGPT, batch: int = 1, new: int = 1, *, prefix: int = 8, repeats: int = 20, compile=False):
-    """Median seconds of one cached decoding pass of `model` (embedding, transformer, head): `new` positions for
-    each of `batch` rows after `prefix` cached ones. A sampler pays this per step; speculative verification and
-    Jacobi windows feed several positions, a batch feeds several rows."""
-    if min(batch, new, prefix, repeats) < 1 or prefix + new > model.seq_len:
-        raise ValueError(f"need positive sizes and prefix + new <= {model.seq_len}, got {prefix} + {new}")
-    device = model.head.weight.device
-    cache = model.transformer.new_cache(batch, compile=compile)
-    tokens = torch.zeros(batch, new, dtype=torch.long, device=device)  # (batch, new): what they are costs nothing
-    with eval_mode(model):
-        model.transformer(model.embed(tokens[:, :0], None), cache=cache)  # the class token, then one at a time, so
-        for _ in range(prefix - 1):  # that a compiled model compiles one pass length more at most
-            model.transformer(model.token_emb(tokens[:, :1]), cache=cache)
-
-        def one_pass():
-            cache.truncate(prefix)
-            return model.head(model.transformer(model.token_emb(tokens), cache=cache))  # (batch, new, V)
-
-        for _ in range(3):  # warm-up (and compilation)
-            one_pass()
-        return median(timed(device, one_pass)[0] for _ in range(repeats))
-
-
-def pass_ratio(model: RasterGPT, new: int = 1, reference: RasterGPT | None = None, *, rounds: int = 5, **kwargs):
-    """t(model, new positions) / t(reference, one position), reference defaulting to model: the median of `rounds`
-    ratios, the two passes timed back to back each time, so that a machine drifting between measurements moves
-    numerator and denominator alike. v_gamma is pass_ratio(target, gamma + 1); c is pass_ratio(draft, 1, target)."""
-    reference = model if reference is None else reference
-    kwargs.setdefault("repeats", 5)
-    return median(
-        pass_seconds(model, 1, new, **kwargs) / pass_seconds(reference, 1, 1, **kwargs) for _ in range(rounds)
-    )
-
-
-def interleaved(fns: dict, seeds, blocks: int = 3, device="cpu") -> dict:
-    """{name: [seconds per call, one mean per block]}: every fn(seed) runs on every seed, block after block, the
-    functions taking turns within each block, so that a drifting machine slows them all alike. Read the median
-    of a name's blocks against another's, and the range across blocks for how far a ratio can be trusted."""
-    seeds = list(seeds)
-    out = {name: [] for name in fns}
-    for _ in range(blocks):
-        for name, fn in fns.items():
-            out[name].append(fmean(timed(device, fn, seed)[0] for seed in seeds))
-    return out
-
-
-def roofline(model: RasterGPT, news=(1, 2, 4, 8, 16, 32, 64), batches=(1, 4, 16, 64, 256), **kwargs) -> dict:
-    """pass_seconds along the two axes of the decoding roofline: {"new": {positions: s}} at batch 1 and
-    {"batch": {rows: s}} at one position. Where the time stays flat, more work per pass is free."""
-    news = [t for t in news if t + kwargs.get("prefix", 8) <= model.seq_len]
-    return {
-        "new": {t: pass_seconds(model, 1, t, **kwargs) for t in news},
-        "batch": {b: pass_seconds(model, b, 1, **kwargs) for b in batches},
-    }
-
-
-def deepened(model: RasterGPT, extra_layers: int) -> RasterGPT:
-    """A copy of a trained raster GPT with `extra_layers` blocks appended whose output projections are zero. Each
-    added block adds exactly 0 to the residual stream, so the copy draws from the same distribution, but its pass
-    costs what a pass of the deeper model costs: a target-sized model for timing speculative decoding with the
-    acceptance of the trained pair. For timing only: its config still describes the original."""
-    deep = copy.deepcopy(model)
-    cfg = dataclasses.replace(deep.transformer.cfg, n_layer=deep.transformer.cfg.n_layer + extra_layers)
-    device = model.head.weight.device
-    for _ in range(extra_layers):
-        block = Block(cfg).to(device)
-        torch.nn.init.zeros_(block.attn.proj.weight)
-        torch.nn.init.zeros_(block.mlp.net[2].weight)
-        deep.transformer.blocks.append(block)
-    deep.transformer.cfg = cfg
-    return deep.eval()
 
 
 def run(

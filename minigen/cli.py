@@ -22,11 +22,12 @@ import torch
 
 from minigen import arnet, registry, weights
 from minigen.data import DownloadError, load_images, make_loader
+from minigen.files import write_atomically
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
 from minigen.train import CheckpointError, device_name, fit, pick_device, save_checkpoint, seed_everything
 from minigen.train import preset as choose_preset
-from minigen.viz import plot_coefficients, save_images, save_series, write_atomically
+from minigen.viz import plot_coefficients, save_images, save_series
 
 # `train arnet`: a sparse AR(10) process (lags 1, 3, 10), fitted with the preset's p lags
 TRUE_LAGS = {1: 0.2, 3: 0.3, 10: -0.5}

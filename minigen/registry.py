@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass
 
 import torch.nn as nn
 
+from minigen.data import data_dir
 from minigen.train import CheckpointError, load_weights, model_key, pick_device, read_checkpoint
 from minigen.weights import load_shipped, shipped
 
@@ -161,3 +163,37 @@ def load_model_shipped(stem: str, device=None) -> nn.Module | None:
     if load_shipped(model, stem) is None:
         return None
     return model.to(pick_device(device)).eval()
+
+
+def finished_weights(stem: str, steps: int, device=None) -> tuple[nn.Module, str] | None:
+    """(model, source) as a notebook's train_or_load(model, data/STEM.pt, steps=steps) finds it without training:
+    the finished checkpoint data/STEM.pt, else the weights minigen ships for STEM (unless MINIGEN_TRAIN=1); None when
+    neither is there (reasons printed, one line each). Each is rebuilt from its own config: a token model's config
+    holds the tokenizer its notebook attached, which a recipe's fresh model does not know. source is the
+    checkpoint's path or "shipped:STEM" (see weights_record)."""
+    path = data_dir() / f"{stem}.pt"
+    if path.exists():
+        try:
+            state = read_checkpoint(path)
+            if state["step"] < steps:
+                raise CheckpointError(f"trained {state['step']} steps, fewer than the recipe's {steps}")
+            return load_model(path, device=device), str(path)
+        except CheckpointError as err:
+            print(f"ignoring {path}: {err}")
+    entry = shipped(stem)
+    if entry is None or os.environ.get("MINIGEN_TRAIN", "") not in ("", "0"):
+        return None
+    if int(entry.get("step") or 0) < steps:
+        print(f"ignoring the shipped weights {stem}: trained {entry.get('step')} steps, fewer than {steps}")
+        return None
+    model = load_model_shipped(stem, device=device)  # None, with the reason printed, if they do not load
+    return None if model is None else (model, f"shipped:{stem}")
+
+
+def weights_record(source: str) -> dict:
+    """Step and training history of the weights at `source` (a checkpoint path or "shipped:STEM")."""
+    if source.startswith("shipped:"):
+        entry = shipped(source.removeprefix("shipped:")) or {}
+        return {"step": entry.get("step"), "history": entry.get("history") or {}}
+    state = read_checkpoint(source)
+    return {"step": state["step"], "history": state.get("history") or {}}

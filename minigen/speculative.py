@@ -1,10 +1,11 @@
 """Speculative decoding: cheap guesses, one parallel check by the target, a rule that keeps its distribution.
 
-Leviathan et al. 2023 and Chen et al. 2023 (speculative sampling); Teng et al. 2024 (speculative Jacobi
-decoding, SJD); Jang et al. 2024 (LANTERN, relaxed acceptance); Yang et al. 2024 / Sun et al. 2023
-(multi-draft, SpecTr). Every variant guesses tokens from a known distribution q, keeps guess x with
-probability min(1, p(x)/q(x)) and at the first rejection draws from norm(max(0, p - q)): the output is
-distributed exactly as the target p (LANTERN knowingly bends p, within a total-variation budget).
+Leviathan et al. 2023 and Chen et al. 2023 (speculative sampling). A small draft model guesses gamma tokens from
+its distribution q; one target pass scores them all; guess x is kept with probability min(1, p(x)/q(x)), and at
+the first rejection the next token is drawn from norm(max(0, p - q)): the output is distributed exactly as the
+target p. This file holds that rule (`verify`, `residual`), the incremental `Decoder` every sampler drives, exact
+speculative sampling and its cost model; the variants built on the same rule (speculative Jacobi decoding,
+LANTERN, multi-draft) are in minigen.speculative_variants.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from minigen.nn import cfg_mix, check_sampling_args, eval_mode, sample_from_probs, warp_logits
-from minigen.pixel_ar import RasterGPT
+from minigen.raster import RasterGPT
 
 # the draft model is a much smaller TokenGPT on the target's tokenizer (`python -m minigen train draft`)
 DRAFT_PRESETS = {
@@ -25,21 +26,19 @@ DRAFT_PRESETS = {
 TOKENIZER = "vq"
 __all__ = [
     "Dice",
-    "Verdict",
-    "CandidateVerdict",
-    "verify",
-    "verify_candidates",
-    "residual",
-    "speculative_sample",
-    "jacobi_sample",
-    "lantern_sample",
-    "multi_draft_sample",
-    "codebook_neighbours",
-    "relaxed_distribution",
-    "expected_tokens_per_pass",
-    "predicted_speedup",
-    "expected_rounds",
     "Decoder",
+    "make_decoder",
+    "Verdict",
+    "Trace",
+    "verify",
+    "residual",
+    "commit",
+    "target_pass",
+    "draft_tokens",
+    "speculative_sample",
+    "expected_tokens_per_pass",
+    "expected_rounds",
+    "predicted_speedup",
     "DRAFT_PRESETS",
 ]
 
@@ -173,16 +172,6 @@ class Verdict(NamedTuple):
     alpha: torch.Tensor  # (B, g) sum_x min(p, q): the probability each guess had of being kept
 
 
-class CandidateVerdict(NamedTuple):
-    """What verify_candidates decided for one image's drafts."""
-
-    row: int  # a draft row consistent with everything kept
-    accepted: int  # guesses kept
-    next_token: int  # the correction or bonus token after them; -1 where the sequence is complete
-    tested: torch.Tensor  # (g,) bool
-    alpha: torch.Tensor  # (g,)
-
-
 def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, dice: Dice, p_at_drafts=None) -> Verdict:
     """Speculative verification of rows of g guesses.
 
@@ -251,6 +240,9 @@ class Trace:
         }
 
 
+# --- the cost model: tokens per target pass, rounds, speed-up --------------------------
+
+
 def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
     """(1 - alpha^(gamma+1)) / (1 - alpha): tokens per target pass when every guess is kept with probability alpha."""
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
@@ -281,7 +273,10 @@ def predicted_speedup(alpha: float, gamma: int, c: float, verify: float = 1.0, l
     return per_round / (gamma * c + verify)
 
 
-def _commit(tokens, guesses, accepted, nxt):
+# --- exact speculative sampling ------------------------------------------------------
+
+
+def commit(tokens, guesses, accepted, nxt):
     """All rows advance by the fewest kept guesses m (a row that kept more keeps its guess m as the next
     token); the token after the kept guesses is the correction or bonus. Returns (tokens, m, from_guess)."""
     m = int(accepted.min())
@@ -295,7 +290,7 @@ def _commit(tokens, guesses, accepted, nxt):
     return torch.cat([tokens, new], 1), m, from_guess
 
 
-def _target_pass(target, tokens, guesses):
+def target_pass(target, tokens, guesses):
     """One target pass over the tokens it has not seen plus the guesses; returns p at the guessed positions
     and the one after, (B, g + 1, V), or (B, g, V) when the last guess ends the sequence."""
     n0, g = tokens.shape[1], guesses.shape[1]
@@ -339,7 +334,8 @@ def speculative_sample(
     Returns (tokens (n, L), trace). The tokens are distributed exactly as target.sample_tokens with the
     same temperature / top-k / top-p / guidance, which apply to target and draft alike. Rows of a batch
     advance together by the fewest kept guesses (still exact; at n = 1 it is the textbook algorithm).
-    relax = (neighbours, delta) turns on LANTERN's relaxed acceptance (see lantern_sample). compile=True
+    relax, a function (p (n, g, V), guesses (n, g)) -> (n, g), replaces p at the guesses in the acceptance
+    test: LANTERN's relaxed acceptance (minigen.speculative_variants.lantern_sample); None keeps it exact. compile=True
     runs the passes of both models compiled (see RasterGPT.sample_tokens), the same tokens for the same generator.
     """
     if not isinstance(gamma, int) or gamma < 1:
@@ -358,227 +354,11 @@ def speculative_sample(
         while tokens.shape[1] < tgt.seq_len:
             n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
             guesses, q = draft_tokens(drf, tokens, g, dice)  # (n, g), (n, g, V)
-            p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-            p_at = (
-                None
-                if relax is None
-                else relaxed_distribution(p[:, :g], guesses, *relax).gather(-1, guesses[..., None])[..., 0]
-            )
+            p = target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
+            p_at = None if relax is None else relax(p[:, :g], guesses)  # (n, g)
             accepted, nxt, tested, alpha = verify(p, q, guesses, dice, p_at)
-            tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
+            tokens, m, from_guess = commit(tokens, guesses, accepted, nxt)
             tgt.truncate(n0 + m)  # the kept guesses were fed with the right prefix: their cache entries stay
             drf.truncate(n0 + m)
             trace.record(n0, g, m, from_guess, tested, accepted, alpha)
         return tokens, trace.as_dict(tgt.passes, drf.passes)
-
-
-# --- relaxed acceptance (LANTERN) ----------------------------------------------------
-
-
-def codebook_neighbours(codebook: torch.Tensor, k: int) -> torch.Tensor:
-    """Codebook vectors (V, D) -> the k nearest other codes of every code (V, k), nearest first."""
-    if codebook.dim() != 2 or not 1 <= k < codebook.shape[0]:
-        raise ValueError(f"need a (V, D) codebook and 1 <= k < V, got {tuple(codebook.shape)} and k={k}")
-    dist = torch.cdist(codebook.float(), codebook.float())  # (V, V)
-    dist.fill_diagonal_(float("inf"))
-    return dist.topk(k, dim=1, largest=False).indices  # (V, k)
-
-
-def relaxed_distribution(p: torch.Tensor, tokens: torch.Tensor, neighbours: torch.Tensor, delta: float):
-    """LANTERN's relaxed target for a guessed token x: p with the mass of x's nearest codes moved onto x,
-    nearest first, as long as the moved mass stays <= delta. p (..., V), tokens (...) -> p~ (..., V);
-    TV(p~, p) = moved mass <= delta, and delta = 0 gives p back. A token the (warped) target rules out,
-    p(x) = 0 (e.g. outside its top-k), gets nothing: relaxation may bend p, never widen its support."""
-    if not 0 <= delta <= 1:
-        raise ValueError(f"delta must lie in [0, 1], got {delta}")
-    near = neighbours.to(p.device)[tokens]  # (..., k)
-    near_mass = p.gather(-1, near)  # (..., k)
-    allowed = p.gather(-1, tokens[..., None]) > 0  # (..., 1)
-    take = (near_mass.cumsum(-1) <= delta) & allowed  # a prefix: the cumulative mass only grows
-    moved = (near_mass * take).sum(-1, keepdim=True)  # (..., 1)
-    relaxed = p.scatter(-1, near, near_mass * ~take)  # neighbours that were taken lose their mass
-    return relaxed.scatter_add(-1, tokens[..., None], moved)
-
-
-@torch.no_grad()
-def lantern_sample(
-    target,
-    draft,
-    n: int = 1,
-    labels=None,
-    *,
-    delta: float = 0.1,
-    neighbours_k: int = 8,
-    neighbours: torch.Tensor | None = None,
-    **kwargs,
-):
-    """Speculative sampling with relaxed acceptance (LANTERN): a guess x is kept with probability
-    min(1, p~(x)/q(x)), where p~ has moved up to delta of probability from x's k nearest codebook
-    neighbours (latent look-alikes) onto x. Faster, no longer exact; delta = 0 is speculative_sample.
-    On rejection the correction comes from the target's own residual norm(max(0, p - q)).
-    neighbours (V, k) defaults to the target tokenizer's codebook."""
-    if neighbours is None:
-        neighbours = codebook_neighbours(target.tokenizer.quantizer.codebook.weight, neighbours_k)
-    neighbours = torch.as_tensor(neighbours)
-    V = target.vocab_size
-    if neighbours.dim() != 2 or neighbours.shape[0] != V or neighbours.dtype.is_floating_point:
-        raise ValueError(
-            f"neighbours must be integer code ids of shape ({V}, k), got {tuple(neighbours.shape)} {neighbours.dtype}"
-        )
-    if neighbours.numel() and (int(neighbours.min()) < 0 or int(neighbours.max()) >= V):
-        raise ValueError(
-            f"neighbours must hold code ids in [0, {V}), got min {int(neighbours.min())}, max {int(neighbours.max())}"
-        )
-    return speculative_sample(target, draft, n, labels, relax=(neighbours, delta), **kwargs)
-
-
-# --- speculative Jacobi decoding --------------------------------------------------------
-
-
-def _initial_guess(init: str, seq, pos: int, grid: int, vocab: int, dice: Dice, dtype: torch.dtype):
-    """A guess for position pos from the sequence so far (committed + guessed) and the q it came from."""
-    B = seq.shape[0]
-    source = {"left": pos - 1, "above": pos - grid}.get(init, -1)
-    if init != "random" and source >= 0:
-        x = seq[:, source]
-        return x, torch.nn.functional.one_hot(x, vocab).to(dtype)  # a copy: q is a point mass
-    uniform = torch.full((B, vocab), 1.0 / vocab, dtype=dtype, device=seq.device)
-    return dice.categorical(uniform), uniform
-
-
-@torch.no_grad()
-def jacobi_sample(
-    target,
-    n: int = 1,
-    labels=None,
-    *,
-    window: int = 8,
-    init: str = "random",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    cfg_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-    dice: Dice | None = None,
-    compile: bool = False,
-):
-    """Speculative Jacobi decoding (exact, no draft model): keep a window of guessed tokens after the
-    committed ones; each target pass scores the whole window, verifies it left to right with the same
-    rule, and redraws the guesses after the first rejection from that pass's p (which becomes their q).
-    New window positions start from `init`: "random" (q uniform), "left" or "above" (copy a neighbour,
-    q a point mass). Returns (tokens (n, L), trace)."""
-    if init not in ("random", "left", "above"):
-        raise ValueError(f"init must be 'random', 'left' or 'above', got {init!r}")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive integer, got {window!r}")
-    with eval_mode(target):
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-        tgt = make_decoder(target, n, labels, sampling, compile)
-        L, V = tgt.seq_len, tgt.vocab_size
-        grid = int(round(L**0.5))
-        dice = dice or Dice(generator)
-        tokens = torch.zeros(n, 0, dtype=torch.long, device=tgt.device)
-        guesses, q = tokens.clone(), torch.zeros(n, 0, V, dtype=tgt.dtype, device=tgt.device)  # (n, w), (n, w, V)
-        trace = Trace(n, L)
-        while tokens.shape[1] < L:
-            n0, g = tokens.shape[1], min(window, L - tokens.shape[1])
-            while guesses.shape[1] < g:  # top up the window
-                x, qx = _initial_guess(
-                    init, torch.cat([tokens, guesses], 1), n0 + guesses.shape[1], grid, V, dice, tgt.dtype
-                )
-                guesses = torch.cat([guesses, x[:, None]], 1)
-                q = torch.cat([q, qx[:, None]], 1)
-            p = _target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-            accepted, nxt, tested, alpha = verify(p, q, guesses, dice)
-            tokens, m, from_guess = _commit(tokens, guesses, accepted, nxt)
-            tgt.truncate(n0 + m)
-            trace.record(n0, g, m, from_guess, tested, accepted, alpha)
-            # guesses after the committed ones are redrawn from this pass (conditioned on stale guesses: still a
-            # valid q, because they are drawn from it)
-            rest = p[:, m + 1 : g]  # (n, g - m - 1, V)
-            guesses = dice.categorical(rest) if rest.shape[1] else tokens[:, :0]
-            q = rest
-        return tokens, trace.as_dict(tgt.passes, 0)
-
-
-# --- multi-draft: k guesses per position, recursive rejection sampling -----------------
-
-
-def verify_candidates(p, q, guesses, alive: list, dice: Dice) -> CandidateVerdict:
-    """Verify one image's drafts (rows `alive` of guesses (R, g), p (R, g + 1, V), q (R, g, V)) position by
-    position: the candidates still consistent with the kept prefix share p and q there and are tried in turn,
-    candidate j kept with probability min(1, r_j(x)/q(x)), r_1 = p, r_(j+1) = norm(max(0, r_j - q)).
-    Returns a CandidateVerdict."""
-    g = guesses.shape[1]
-    depth, follow = 0, -1
-    tested, alpha = torch.zeros(g, dtype=torch.bool), torch.zeros(g)
-    while depth < g:
-        r, qd = p[alive[0], depth], q[alive[0], depth]
-        tested[depth], alpha[depth] = True, torch.minimum(r, qd).sum()
-        kept = None
-        for j in alive:
-            x = guesses[j, depth]
-            if bool(dice.coin((r[x] / qd[x]).clamp(max=1.0))):
-                kept = x
-                break
-            r = residual(r, qd)
-        if kept is None:  # every candidate rejected: the correction comes from what is left of p
-            return CandidateVerdict(alive[0], depth, int(dice.categorical(r)), tested, alpha)
-        alive = [j for j in alive if guesses[j, depth] == kept]
-        depth += 1
-    if p.shape[1] > g:  # all kept: a bonus token, unless the sequence is complete
-        follow = int(dice.categorical(p[alive[0], g]))
-    return CandidateVerdict(alive[0], depth, follow, tested, alpha)
-
-
-@torch.no_grad()
-def multi_draft_sample(
-    target,
-    draft,
-    n: int = 1,
-    labels=None,
-    *,
-    drafts: int = 3,
-    gamma: int = 4,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    cfg_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-    dice: Dice | None = None,
-    compile: bool = False,
-):
-    """Exact multi-draft speculative sampling: the draft proposes `drafts` independent sequences of gamma
-    tokens; one target pass scores them all (as drafts x n rows); verify_candidates applies recursive
-    rejection sampling to each image's drafts. Returns (tokens (n, L), trace)."""
-    if not isinstance(drafts, int) or drafts < 1 or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"drafts and gamma must be positive integers, got {drafts!r}, {gamma!r}")
-    k = drafts
-    row_labels = None if labels is None else torch.as_tensor(labels).reshape(-1).repeat_interleave(k)
-    if row_labels is not None and row_labels.numel() != n * k:
-        raise ValueError(f"labels has {row_labels.numel() // k} entries for {n} images (one label per image)")
-    with eval_mode(target, draft):
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
-        tgt = make_decoder(target, n * k, row_labels, sampling, compile)
-        drf = make_decoder(draft, n * k, row_labels, sampling, compile)
-        dice = dice or Dice(generator)
-        rows = torch.zeros(n * k, 0, dtype=torch.long, device=tgt.device)  # every draft row holds the prefix
-        trace = Trace(n, tgt.seq_len)
-        while rows.shape[1] < tgt.seq_len:
-            n0, g = rows.shape[1], min(gamma, tgt.seq_len - rows.shape[1])
-            guesses, q = draft_tokens(drf, rows, g, dice)  # (n k, g), (n k, g, V)
-            p = _target_pass(tgt, rows, guesses)  # (n k, g + 1, V)
-            keep_row, accepted, nxt, tested, alpha = zip(
-                *[verify_candidates(p, q, guesses, list(range(b * k, (b + 1) * k)), dice) for b in range(n)]
-            )
-            keep_row = torch.tensor(keep_row, device=rows.device)
-            chosen = guesses[keep_row]  # (n, g): the guesses of a surviving draft of every image
-            accepted, nxt = torch.tensor(accepted, device=rows.device), torch.tensor(nxt, device=rows.device)
-            prefix, m, from_guess = _commit(rows[::k], chosen, accepted, nxt)
-            index = keep_row.repeat_interleave(k)  # every draft row continues from the surviving one
-            for dec in (tgt, drf):
-                dec.reorder(index)
-                dec.truncate(n0 + m)
-            rows = prefix.repeat_interleave(k, 0)
-            trace.record(n0, g, m, from_guess, torch.stack(tested), accepted, torch.stack(alpha))
-        return rows[::k], trace.as_dict(tgt.passes, drf.passes)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from minigen.pixel_ar import RasterGPT
+from minigen.raster import RasterGPT
 from minigen.tokenizers import OnTokenizer, VQConfig
 
 # --- the raster GPT over VQ tokens ----------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from minigen.files import write_atomically
 from minigen.nn import eval_mode, progress_bar
 from minigen.weights import describe, load_shipped, mismatch, model_key, shipped
 
@@ -143,13 +144,7 @@ def save_checkpoint(
         "history": history or {},
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
-        raise
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def read_checkpoint(path) -> dict:

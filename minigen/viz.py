@@ -6,13 +6,11 @@ renderer). `show_frames` adds an ipywidgets slider when a live Jupyter kernel is
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from minigen.files import write_atomically
 from minigen.nn import in_jupyter
 
 
@@ -47,19 +45,6 @@ def show_images(
     if title:
         ax.set_title(title)
     return ax
-
-
-def write_atomically(path, write):
-    """write(temporary path) then rename onto `path`: a failure leaves neither a half file nor the temporary."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells matplotlib the format
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_images(images, path, nrow: int | None = None):

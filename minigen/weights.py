@@ -12,11 +12,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from minigen.files import write_atomically
 
 PACKAGE_DIR = Path(__file__).parent / "pretrained"
 MANIFEST = "manifest.json"
@@ -56,16 +57,6 @@ def sha256(path: Path) -> str:
 
 def _why(err: Exception) -> str:  # in one line: torch.load's messages on a damaged file run to a dozen
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-
-
-def _write_atomically(path: Path, write):  # write(temporary), rename: an interrupted export leaves no half file
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- export -------------------------------------------------------------------------------------------
@@ -111,7 +102,7 @@ def export(checkpoints: list[Path], out_dir: Path | None = None, dtype=torch.flo
         weights = state.get("ema") or state["state_dict"]
         tensors = {k: _cast(v, dtype) for k, v in weights.items()}
         file = out_dir / f"{path.stem}.pt"
-        _write_atomically(file, lambda tmp, tensors=tensors: torch.save(tensors, tmp))
+        write_atomically(file, lambda tmp, tensors=tensors: torch.save(tensors, tmp))
         manifest[path.stem] = {
             "file": file.name,
             "sha256": sha256(file),
@@ -127,7 +118,7 @@ def export(checkpoints: list[Path], out_dir: Path | None = None, dtype=torch.flo
         print(f"{path} -> {file} ({file.stat().st_size / 1e3:.0f} kB)")
     # one line per model: a re-export shows in git as the lines of the models that changed
     lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(manifest.items()))
-    _write_atomically(out_dir / MANIFEST, lambda tmp: tmp.write_text("{\n" + lines + "\n}\n" if lines else "{}\n"))
+    write_atomically(out_dir / MANIFEST, lambda tmp: tmp.write_text("{\n" + lines + "\n}\n" if lines else "{}\n"))
     return manifest
 
 
@@ -193,9 +184,3 @@ def load_shipped(model: nn.Module, stem: str, min_steps: int = 0) -> dict | None
         print(f"ignoring the shipped weights {path}: {reason}")
         return None
     return entry.get("history") or {}
-
-
-if __name__ == "__main__":  # `python -m minigen.weights ...` is `python -m minigen weights ...` (minigen/cli.py)
-    from minigen.cli import main
-
-    sys.exit(main(["weights", *sys.argv[1:]]))

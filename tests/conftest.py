@@ -1,12 +1,16 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from minigen.pixel_ar import RasterGPT
+from minigen.raster import RasterGPT
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
+# the device the device-dependent tests (test_device.py, test_precision.py) run on: the CPU in CI; the device check
+# (tools/device_check.py) sets it to cuda on a lent GPU. MINIGEN_DEVICE is cleared for the tests (see below).
+TEST_DEVICE = torch.device(os.environ.get("MINIGEN_TEST_DEVICE", "cpu"))
 
 
 def solution_function(notebook: str, name: str):

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_gpt
 
 import minigen.speculative as S
-from minigen import bench
+from minigen import bench, roofline
 
 SMALL = dict(seq_len=6, vocab=8, n_classes=3)
 
@@ -39,7 +39,7 @@ def test_compiled_sampling_draws_the_eager_tokens():
 
 def test_deepened_model_keeps_the_distribution_and_costs_more():
     model = tiny_gpt(0, **SMALL)
-    deep = bench.deepened(model, 3)
+    deep = roofline.deepened(model, 3)
     tokens, labels = torch.randint(0, 8, (4, 6)), torch.tensor([0, 1, 2, 0])
     assert deep.transformer.cfg.n_layer == 4 and len(deep.transformer.blocks) == 4
     torch.testing.assert_close(deep(tokens, labels), model(tokens, labels), atol=1e-6, rtol=1e-6)
@@ -49,19 +49,19 @@ def test_deepened_model_keeps_the_distribution_and_costs_more():
 
 
 def test_pass_seconds_and_roofline():
-    model = bench.timing_model(1, 2, 16, seq_len=24, vocab_size=16)
+    model = roofline.timing_model(1, 2, 16, seq_len=24, vocab_size=16)
     assert model.seq_len == 24 and not model.training
-    seconds = bench.pass_seconds(model, 2, 4, prefix=4, repeats=3)
+    seconds = roofline.pass_seconds(model, 2, 4, prefix=4, repeats=3)
     assert 0 < seconds < 1
-    curve = bench.roofline(model, news=(1, 4, 32), batches=(1, 8), prefix=4, repeats=2)
+    curve = roofline.roofline(model, news=(1, 4, 32), batches=(1, 8), prefix=4, repeats=2)
     assert list(curve["new"]) == [1, 4]  # 32 positions do not fit after the prefix: left out
     assert list(curve["batch"]) == [1, 8] and all(s > 0 for s in curve["batch"].values())
     with pytest.raises(ValueError, match="prefix"):
-        bench.pass_seconds(model, 1, 30, prefix=4)
-    bigger = bench.timing_model(4, 2, 64, seq_len=24, vocab_size=16)
+        roofline.pass_seconds(model, 1, 30, prefix=4)
+    bigger = roofline.timing_model(4, 2, 64, seq_len=24, vocab_size=16)
     # c of a 1-block draft against a 4-block, 4x wider target is well below 1; the ratio of a pass to itself is ~1
-    assert bench.pass_ratio(model, 1, bigger, prefix=4, rounds=3, repeats=5) < 1
-    assert 0.3 < bench.pass_ratio(model, 1, prefix=4, rounds=3, repeats=5) < 3
+    assert roofline.pass_ratio(model, 1, bigger, prefix=4, rounds=3, repeats=5) < 1
+    assert 0.3 < roofline.pass_ratio(model, 1, prefix=4, rounds=3, repeats=5) < 3
 
 
 def test_expected_rounds_count_the_cut_short_last_rounds():
@@ -99,3 +99,17 @@ def test_report_columns_fit_the_compiled_labels():
     rows_block, ratios_block = bench.format_report(report).split("\n\n")[1:3]
     for block in (rows_block, ratios_block):  # header and lines: every column starts at the same place
         assert len({len(line) for line in block.splitlines()}) == 1, block
+
+
+def test_interleaved_takes_turns_and_can_draw_new_seeds():
+    calls = []
+    fns = {name: (lambda seed, name=name: calls.append((name, seed)) or seed) for name in ("a", "b")}
+    runs = roofline.interleaved(fns, range(2), blocks=2)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1)] * 2 and all(len(v) == 2 for v in runs.values())
+    calls.clear()
+    results = {}
+    roofline.interleaved(fns, range(2), blocks=3, new_seeds=True, results=results)
+    assert results == {"a": [0, 1, 2, 3, 4, 5], "b": [0, 1, 2, 3, 4, 5]}  # every call a new sample
+    assert [name for name, _ in calls[:4]] == ["a", "a", "b", "b"]  # turns within each block
+    with pytest.raises(ValueError, match="block"):
+        roofline.interleaved(fns, [], blocks=2)

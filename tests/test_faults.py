@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from minigen import speculative as S
+from minigen import speculative_variants as SV
 from minigen.data import DownloadError, download
 from minigen.pixel_ar import GatedPixelCNN, PixelCNNConfig, PixelGPT, PixelGPTConfig
 from minigen.registry import load_model
@@ -92,9 +92,9 @@ def test_guidance_without_labels_is_refused():
 def test_lantern_refuses_neighbours_outside_the_vocabulary():
     target, draft = tiny_token_gpt(0), tiny_token_gpt(1)
     with pytest.raises(ValueError, match=r"neighbours must hold code ids in \[0, 16\)"):
-        S.lantern_sample(target, draft, 1, [3], neighbours=torch.full((16, 2), 16))
+        SV.lantern_sample(target, draft, 1, [3], neighbours=torch.full((16, 2), 16))
     with pytest.raises(ValueError, match=r"neighbours must be integer code ids of shape \(16, k\)"):
-        S.lantern_sample(target, draft, 1, [3], neighbours=torch.zeros(8, 2, dtype=torch.long))
+        SV.lantern_sample(target, draft, 1, [3], neighbours=torch.zeros(8, 2, dtype=torch.long))
 
 
 def test_lantern_never_outputs_a_token_the_warped_target_rules_out():
@@ -104,8 +104,8 @@ def test_lantern_never_outputs_a_token_the_warped_target_rules_out():
     target, draft = tiny_token_gpt(0), tiny_token_gpt(1)
     torch.nn.init.normal_(target.head.weight, std=1.0)
     torch.nn.init.normal_(draft.head.weight, std=1.0)
-    neighbours = S.codebook_neighbours(torch.randn(16, 3), 4)
-    tokens, _ = S.lantern_sample(
+    neighbours = SV.codebook_neighbours(torch.randn(16, 3), 4)
+    tokens, _ = SV.lantern_sample(
         target,
         draft,
         30,

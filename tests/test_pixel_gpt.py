@@ -50,9 +50,9 @@ def test_sampling_is_reproducible_and_cfg_one_is_plain(force_guidance, monkeypat
     assert set(rows) == {8} and torch.equal(a, c)
     from conftest import swap_guidance
 
-    import minigen.pixel_ar
+    import minigen.raster
 
-    swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
+    swap_guidance(monkeypatch, minigen.raster)  # a planted bug in the mixing: this test must catch it
     assert not torch.equal(a, draw(cfg_scale=1.0))
     monkeypatch.undo()
     assert a.shape == (4, 1, 4, 4) and set(a.unique().tolist()) <= {0.0, 1.0}

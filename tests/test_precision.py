@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TEST_DEVICE
 
 from minigen import registry
 from minigen.arnet import ARNet, ARNetConfig, generate_ar, sparse_ar_coeffs, train_arnet
@@ -40,9 +41,8 @@ def test_every_image_model_trains_under_mixed_precision(name, precision):
     # restarts fire at step 3 of 5 (in the old code, at the multi-scale quantizer's third call, scale 3 of 6)
     extra = {"restart_every": 3} if name in ("vq", "msvq") else {}
     model = smoke_model(name, **extra)
-    history = fit(
-        model, make_loader(few_images(name), 16), steps=5, lr=1e-3, device="cpu", precision=precision, progress=False
-    )
+    loader = make_loader(few_images(name), 16)
+    history = fit(model, loader, steps=5, lr=1e-3, device=TEST_DEVICE, precision=precision, progress=False)
     assert history["precision"] == precision
     assert np.isfinite(history["loss"]).all() and len(history["loss"]) == 5
     if name in ("vq", "msvq"):
@@ -51,7 +51,7 @@ def test_every_image_model_trains_under_mixed_precision(name, precision):
     # and its sampler runs under autocast too, returning float images in [0, 1]
     if hasattr(model, "sample"):
         labels = torch.arange(2) if getattr(model.config, "n_classes", 0) else None
-        with torch.autocast("cpu", dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+        with torch.autocast(TEST_DEVICE.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
             images = model.sample(2, labels, generator=torch.Generator().manual_seed(0))
         assert images.dtype == torch.float32 and images.shape[0] == 2
         assert torch.isfinite(images).all() and 0 <= float(images.min()) and float(images.max()) <= 1
@@ -64,7 +64,7 @@ def test_the_metrics_classifier_and_arnet_train_under_mixed_precision(precision)
         DigitClassifier(),
         make_loader(load_images(limit=64), 16),
         steps=3,
-        device="cpu",
+        device=TEST_DEVICE,
         precision=precision,
         progress=False,
     )

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_gpt
 
 from minigen import speculative as S
+from minigen import speculative_variants as SV
 from minigen.nn import sample_from_probs, warp_logits
 
 # --- probability-table models and a dice that walks every outcome -----------------------
@@ -120,13 +121,13 @@ TARGET, DRAFT = TableLM(seed=0), TableLM(seed=1)
 EXACT_VARIANTS = {
     "speculative gamma=1": lambda dice, w: S.speculative_sample(TARGET, DRAFT, gamma=1, dice=dice, **w),
     "speculative gamma=2": lambda dice, w: S.speculative_sample(TARGET, DRAFT, gamma=2, dice=dice, **w),
-    "jacobi random": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="random", dice=dice, **w),
-    "jacobi left": lambda dice, w: S.jacobi_sample(TARGET, window=3, init="left", dice=dice, **w),
-    "jacobi above": lambda dice, w: S.jacobi_sample(TARGET, window=2, init="above", dice=dice, **w),
-    "lantern delta=0": lambda dice, w: S.lantern_sample(
+    "jacobi random": lambda dice, w: SV.jacobi_sample(TARGET, window=2, init="random", dice=dice, **w),
+    "jacobi left": lambda dice, w: SV.jacobi_sample(TARGET, window=3, init="left", dice=dice, **w),
+    "jacobi above": lambda dice, w: SV.jacobi_sample(TARGET, window=2, init="above", dice=dice, **w),
+    "lantern delta=0": lambda dice, w: SV.lantern_sample(
         TARGET, DRAFT, gamma=2, delta=0.0, neighbours=torch.tensor([[1], [2], [0]]), dice=dice, **w
     ),
-    "multi-draft k=2": lambda dice, w: S.multi_draft_sample(TARGET, DRAFT, drafts=2, gamma=1, dice=dice, **w),
+    "multi-draft k=2": lambda dice, w: SV.multi_draft_sample(TARGET, DRAFT, drafts=2, gamma=1, dice=dice, **w),
 }
 WARPS = {"T=1": dict(temperature=1.0), "T=0.6 top-k=2": dict(temperature=0.6, top_k=2)}
 
@@ -190,14 +191,14 @@ def test_relaxed_distribution_stays_within_its_total_variation_budget():
     g = torch.Generator().manual_seed(0)
     p = torch.randn(64, 16, generator=g).mul(2).softmax(-1)  # (64, V)
     codebook = torch.randn(16, 4, generator=g)
-    neighbours = S.codebook_neighbours(codebook, 5)  # (16, 5)
+    neighbours = SV.codebook_neighbours(codebook, 5)  # (16, 5)
     dist = torch.cdist(codebook, codebook)
     assert (neighbours != torch.arange(16)[:, None]).all()
     assert (dist.gather(1, neighbours).diff(dim=1) >= 0).all()  # nearest first
     tokens = torch.randint(0, 16, (64,), generator=g)
     previous = p.gather(1, tokens[:, None])
     for delta in (0.0, 0.05, 0.2, 0.5, 1.0):
-        relaxed = S.relaxed_distribution(p, tokens, neighbours, delta)
+        relaxed = SV.relaxed_distribution(p, tokens, neighbours, delta)
         tv = 0.5 * (relaxed - p).abs().sum(-1)
         assert torch.allclose(relaxed.sum(-1), torch.ones(64)) and (relaxed >= 0).all()
         assert (tv <= delta + 1e-6).all()
@@ -213,14 +214,14 @@ def test_relaxed_distribution_stays_within_its_total_variation_budget():
 def test_relaxed_acceptance_is_not_exact_but_raises_acceptance():
     neighbours = torch.tensor([[1], [2], [0]])
     run = lambda delta: (
-        lambda dice: S.lantern_sample(TARGET, DRAFT, gamma=2, delta=delta, neighbours=neighbours, dice=dice)[0]
+        lambda dice: SV.lantern_sample(TARGET, DRAFT, gamma=2, delta=delta, neighbours=neighbours, dice=dice)[0]
     )
     assert max_gap(output_distribution(run(0.3)), TARGET.chain_rule()) > 1e-3
     g = torch.Generator().manual_seed(0)
     gpt_t, gpt_d = tiny_gpt(0), tiny_gpt(1)
     nb = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]])
     rates = [
-        S.lantern_sample(gpt_t, gpt_d, 3000, gamma=2, delta=d, neighbours=nb, generator=g)[1]["acceptance"]
+        SV.lantern_sample(gpt_t, gpt_d, 3000, gamma=2, delta=d, neighbours=nb, generator=g)[1]["acceptance"]
         for d in (0.0, 0.2, 0.5)
     ]
     assert rates[0] < rates[1] < rates[2]
@@ -251,8 +252,8 @@ def chi_square_pvalue(tokens, expected_probs, vocab):
 
 GPT_VARIANTS = {
     "speculative": lambda t, d, n, g, **w: S.speculative_sample(t, d, n, gamma=2, generator=g, **w),
-    "jacobi": lambda t, d, n, g, **w: S.jacobi_sample(t, n, window=2, generator=g, **w),
-    "multi-draft": lambda t, d, n, g, **w: S.multi_draft_sample(t, d, n, drafts=2, gamma=2, generator=g, **w),
+    "jacobi": lambda t, d, n, g, **w: SV.jacobi_sample(t, n, window=2, generator=g, **w),
+    "multi-draft": lambda t, d, n, g, **w: SV.multi_draft_sample(t, d, n, drafts=2, gamma=2, generator=g, **w),
 }
 
 
@@ -306,8 +307,8 @@ def test_greedy_variants_return_exactly_the_greedy_target_sequence():
         runs = {
             "spec": S.speculative_sample(target, draft, 4, labels, gamma=3, temperature=0, cfg_scale=cfg),
             "self-draft": S.speculative_sample(target, target, 4, labels, gamma=5, temperature=0, cfg_scale=cfg),
-            "jacobi": S.jacobi_sample(target, 4, labels, window=4, init="above", temperature=0, cfg_scale=cfg),
-            "multi": S.multi_draft_sample(target, draft, 4, labels, drafts=3, temperature=0, cfg_scale=cfg),
+            "jacobi": SV.jacobi_sample(target, 4, labels, window=4, init="above", temperature=0, cfg_scale=cfg),
+            "multi": SV.multi_draft_sample(target, draft, 4, labels, drafts=3, temperature=0, cfg_scale=cfg),
         }
         for name, (tokens, trace) in runs.items():
             assert torch.equal(tokens, plain), name
@@ -344,8 +345,8 @@ def test_samplers_give_target_and_draft_back_their_training_mode():
     target, draft = tiny_gpt(0, seq_len=6, vocab=5), tiny_gpt(1, seq_len=6, vocab=5)
     for run in (
         lambda: S.speculative_sample(target, draft, 2, gamma=2),
-        lambda: S.jacobi_sample(target, 2, window=3),
-        lambda: S.multi_draft_sample(target, draft, 2, drafts=2, gamma=2),
+        lambda: SV.jacobi_sample(target, 2, window=3),
+        lambda: SV.multi_draft_sample(target, draft, 2, drafts=2, gamma=2),
         lambda: target.sample_tokens(2),
     ):
         target.train(), draft.train()
@@ -358,9 +359,9 @@ def test_samplers_give_target_and_draft_back_their_training_mode():
 
 def test_lantern_with_zero_budget_draws_the_same_tokens_as_speculative_sampling():
     target, draft = tiny_gpt(0, seq_len=8, vocab=6), tiny_gpt(1, seq_len=8, vocab=6)
-    nb = S.codebook_neighbours(torch.randn(6, 3), 2)
+    nb = SV.codebook_neighbours(torch.randn(6, 3), 2)
     a, ta = S.speculative_sample(target, draft, 50, gamma=3, generator=torch.Generator().manual_seed(3))
-    b, tb = S.lantern_sample(
+    b, tb = SV.lantern_sample(
         target, draft, 50, gamma=3, delta=0.0, neighbours=nb, generator=torch.Generator().manual_seed(3)
     )
     assert torch.equal(a, b) and ta["kept"] == tb["kept"]
@@ -390,10 +391,10 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="disagree"):
         S.speculative_sample(target, draft)
     with pytest.raises(ValueError, match="init"):
-        S.jacobi_sample(target, init="diagonal")
+        SV.jacobi_sample(target, init="diagonal")
     with pytest.raises(ValueError, match="delta"):
-        S.lantern_sample(target, tiny_gpt(1), delta=1.5, neighbours=torch.tensor([[1], [2], [3], [0]]))
+        SV.lantern_sample(target, tiny_gpt(1), delta=1.5, neighbours=torch.tensor([[1], [2], [3], [0]]))
     with pytest.raises(ValueError, match="temperature"):
         S.speculative_sample(target, tiny_gpt(1), temperature=-1)
     with pytest.raises(ValueError, match="labels"):
-        S.multi_draft_sample(target, tiny_gpt(1), 2, labels=[0])
+        SV.multi_draft_sample(target, tiny_gpt(1), 2, labels=[0])

@@ -67,9 +67,9 @@ def test_cfg_scale_one_is_plain_conditional_sampling_and_guidance_changes_it(for
         assert torch.equal(one, draw(cfg_scale=1.0, use_cache=use_cache))
     from conftest import swap_guidance
 
-    import minigen.pixel_ar
+    import minigen.raster
 
-    swap_guidance(monkeypatch, minigen.pixel_ar)  # a planted bug in the mixing: this test must catch it
+    swap_guidance(monkeypatch, minigen.raster)  # a planted bug in the mixing: this test must catch it
     assert not torch.equal(plain, draw(cfg_scale=1.0))
 
 

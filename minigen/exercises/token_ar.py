@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from minigen.exercises import checked
-from minigen.pixel_ar import RasterGPT
+from minigen.raster import RasterGPT
 
 CASES = [  # (seq_len, vocab, labels, temperature, model seed, sampling seed)
     (12, 16, [0, 1, 2, 0], 1.0, 0, 0),
