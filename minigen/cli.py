@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from minigen import arnet, registry, weights
 from minigen.data import DownloadError, load_images, make_loader
-from minigen.files import write_atomically
+from minigen.files import writable_folder, write_atomically
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
 from minigen.train import CheckpointError, device_name, fit, pick_device, save_checkpoint, seed_everything
@@ -41,21 +40,6 @@ def _sample_labels(model, n: int):
 def _grid_columns(labels, n: int) -> int:
     """One column per class for conditional samples (labels cycle 0..9), else a square grid."""
     return int(labels.max()) + 1 if labels is not None and n >= 10 else int(math.ceil(math.sqrt(n)))
-
-
-def writable_folder(folder: Path) -> Path:
-    """Create `folder` if needed and prove a file can be written there, before any expensive work:
-    a read-only place or a file in the way fails now, naming the path, instead of after training."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"cannot write into {folder}: it is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".minigen-write-test-"):
-            pass
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write into {folder}: {err.strerror or err}") from err
-    return folder
 
 
 def image_file(path) -> Path:
@@ -104,7 +88,7 @@ def train(
     rec = registry.recipe(name, preset_name)
     model, steps = rec["model"], rec["steps"] if steps is None else steps
     given_tokenizer = _load_tokenizer(tokenizer, rec["tokenizer"]) if tokenizer is not None else None
-    out = writable_folder(out or f"runs/{name}-{preset_name}")  # before hours of training, not after
+    out = writable_folder(f"runs/{name}-{preset_name}" if out is None else out, "--out")  # before training, not after
     seed_everything(seed)
     caption = ""  # what samples.png shows, where it is not samples
     if registry.kind(name) == "series":

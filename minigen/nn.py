@@ -386,17 +386,26 @@ def check_labels(labels, n_classes: int, n: int | None = None, allow_null: bool 
     return labels
 
 
+MIN_TEMPERATURE = 1e-4  # a positive temperature below this would overflow the logits: use 0 (greedy) instead
+MAX_CFG_SCALE = 1e3  # guidance scales in use lie between 1 and about 10; beyond this the logits overflow
+
+
 def check_sampling_args(
     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0
 ):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    """Refuse sampling knobs that are out of range, naming the argument and what it accepts."""
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not (number(temperature) and (temperature == 0 or temperature >= MIN_TEMPERATURE)):
+        raise ValueError(
+            f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g} (smaller ones overflow the "
+            f"logits), got {temperature!r}"
+        )
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
-    if not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale) and cfg_scale >= 0):
-        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    if not (number(cfg_scale) and 0 <= cfg_scale <= MAX_CFG_SCALE):
+        raise ValueError(f"cfg_scale must be a number in [0, {MAX_CFG_SCALE:g}], got {cfg_scale!r}")
 
 
 def cfg_mix(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float) -> torch.Tensor:
@@ -437,6 +446,12 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
     A zero-probability index is never drawn. Reproducible for a given generator, whatever device the
     probabilities live on (the uniform numbers are drawn on the generator's device)."""
     flat = probs.reshape(-1, probs.shape[-1]).float()  # (N, V)
+    valid = torch.isfinite(flat).all() & (flat >= 0).all()  # else NaN rows would draw the last index, silently
+    message = "the sampling probabilities are not finite and non-negative (the logits overflowed?)"
+    if flat.is_cuda:
+        torch._assert_async(valid, message)  # checked on the GPU, without waiting for it
+    elif not bool(valid):
+        raise ValueError(message)
     cdf = flat.cumsum(-1)  # (N, V)
     device = generator.device if generator is not None else flat.device
     u = torch.rand(flat.shape[0], 1, generator=generator, device=device).to(flat.device)  # (N, 1) in [0, 1)

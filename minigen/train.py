@@ -14,6 +14,8 @@ import dataclasses
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from minigen.files import write_atomically
+from minigen.files import writable_folder, write_atomically
 from minigen.nn import eval_mode, progress_bar
 from minigen.weights import describe, load_shipped, mismatch, model_key, shipped
 
@@ -34,15 +36,27 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # na
 # --- environment ---------------------------------------------------------------------
 
 
+DEVICES = "cpu, cuda, cuda:N or mps"  # what pick_device accepts
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """cuda, then mps, then cpu; `device` or $MINIGEN_DEVICE overrides the choice."""
-    choice = device if device is not None else os.environ.get("MINIGEN_DEVICE")
+    """cuda, then mps, then cpu; `device` or $MINIGEN_DEVICE overrides the choice. Anything but cpu, cuda, cuda:N
+    (an index this machine has) or mps is refused with one line, before any work."""
+    choice = device if device is not None else (os.environ.get("MINIGEN_DEVICE") or None)
     if choice is not None:
-        dev = torch.device(choice)
+        where = "" if device is not None else " ($MINIGEN_DEVICE)"
+        try:
+            dev = torch.device(choice)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be one of {DEVICES}, got {choice!r}{where}") from None
+        if dev.type not in ("cpu", "cuda", "mps") or (dev.type != "cuda" and dev.index not in (None, 0)):
+            raise ValueError(f"device must be one of {DEVICES}, got {choice!r}{where}")
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {choice!r} requested but CUDA is not available")
+            raise ValueError(f"device {choice!r}{where} requested but CUDA is not available")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {choice!r}{where}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {choice!r} requested but MPS is not available")
+            raise ValueError(f"device {choice!r}{where} requested but MPS is not available")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -128,10 +142,11 @@ def save_checkpoint(
     ema: nn.Module | None = None,
     history: dict | None = None,
     extra: dict | None = None,
+    training: dict | None = None,
 ):
-    """torch.save of plain data only (state dicts, config dict, numbers), written atomically."""
+    """torch.save of plain data only (state dicts, config dict, numbers), written atomically. `training` is what
+    fit needs to resume exactly: the planned steps, the GradScaler's state and the random number generators'."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "config", None)
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -143,6 +158,7 @@ def save_checkpoint(
         "ema": ema.state_dict() if ema is not None else None,
         "history": history or {},
         "extra": extra or {},
+        "training": training or {},
     }
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
@@ -174,6 +190,64 @@ def load_weights(model: nn.Module, state: dict, prefer_ema: bool = True, path="c
 
 
 # --- the loop -----------------------------------------------------------------------
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during fit: the last finished step was saved to the checkpoint, and fit(..., resume=True) continues
+    from it exactly."""
+
+    def __init__(self, step: int, steps: int, checkpoint):
+        self.step, self.steps, self.checkpoint = step, steps, checkpoint
+        saved = f"saved {checkpoint}" if checkpoint is not None else "nothing saved (no checkpoint path given)"
+        super().__init__(f"interrupted at step {step} of {steps}: {saved}")
+
+
+def rng_state() -> dict:
+    """Every random number generator training draws from (torch, CUDA, numpy, random), as plain data that
+    torch.load(weights_only=True) reads back."""
+    version, keys, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(mt.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": cached},
+        "random": {"version": version, "keys": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(int(k) for k in r["keys"]), r["gauss"]))
+
+
+class _InterruptFlag:
+    """While fit runs in the main thread, Ctrl-C sets a flag that the loop reads after each finished step, so the
+    checkpoint it saves is never half a step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGINT)):
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:  # the second Ctrl-C: do not wait for the step to end
+            signal.signal(signal.SIGINT, self.previous)
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float = 0.1) -> float:
@@ -238,6 +312,7 @@ def fit(
     precision: str | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = 60.0,
     resume: bool = False,
     progress: bool = True,
     desc: str | None = None,
@@ -246,8 +321,12 @@ def fit(
 
     The learning rate warms up linearly for `warmup` steps, then follows a cosine down to
     min_lr_ratio * lr. Returns the history: {"step", "loss", "lr", "eval_step", "eval_loss", "seconds"}.
-    With `checkpoint`, saves there every `checkpoint_every` steps and at the end;
-    with `resume=True` and an existing file, continues from its step, optimizer and history.
+    With `checkpoint`, saves there every `checkpoint_every` steps, at least every `checkpoint_seconds` of training
+    (default a minute: an interrupted run loses at most that), on Ctrl-C (after the step in progress; then raises
+    TrainingInterrupted) and at the end. With `resume=True` and an existing file, continues from its step exactly:
+    weights, optimizer, EMA, GradScaler, random number generators and the position in `data` are restored, so a
+    run interrupted and resumed ends with the weights of an uninterrupted one (bit for bit on the CPU, when `data`
+    is a minigen loader or another iterable that repeats itself; a DataLoader's seeded generator is rewound).
     With `ema_decay`, keeps an exponential moving average of the weights and leaves the
     model holding the EMA weights when training ends (they usually sample better).
     `precision` ("fp32", "bf16", "fp16"; None picks with pick_precision) runs the loss under autocast
@@ -271,6 +350,12 @@ def fit(
     )
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
     history = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": [], "seconds": 0.0}
+    precision = pick_precision(device, precision)
+    amp_dtype = PRECISIONS[precision]
+    # fp16's narrow range underflows small gradients: scale the loss up, unscale before clipping and stepping
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loader_rng = getattr(data, "generator", None)  # a DataLoader's shuffle: rewound on resume
+    data_rng = loader_rng.get_state() if isinstance(loader_rng, torch.Generator) else None
     start_step = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = read_checkpoint(checkpoint)
@@ -281,13 +366,23 @@ def fit(
             ema.load_state_dict(state["ema"])
         history.update(state.get("history") or {})
         start_step = int(state["step"])
-
-    precision = pick_precision(device, precision)
-    amp_dtype = PRECISIONS[precision]
-    # fp16's narrow range underflows small gradients: scale the loss up, unscale before clipping and stepping
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        saved = state.get("training") or {}
+        if saved.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(saved["scaler"])
+        if saved.get("data_rng") is not None and data_rng is not None:
+            data_rng = saved["data_rng"]
+            loader_rng.set_state(data_rng)
+        if saved.get("rng"):
+            set_rng_state(saved["rng"])
     history["precision"] = precision
     batches = _forever(data)
+    for _ in range(start_step):  # the batches the interrupted run drew: the next one is the one it would draw
+        next(batches)
+
+    def save(step: int):
+        training = {"steps": steps, "scaler": scaler.state_dict(), "rng": rng_state(), "data_rng": data_rng}
+        save_checkpoint(checkpoint, model, step=step, optimizer=optimizer, ema=ema, history=history, training=training)
+
     bar = progress_bar(
         range(start_step, steps),
         progress,
@@ -296,52 +391,60 @@ def fit(
         desc=desc or type(model).__name__,
         dynamic_ncols=True,
     )
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     smooth = None
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
-        batch = to_device(next(batches), device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1 - ema_decay)
-                for be, bm in zip(ema.buffers(), model.buffers()):
-                    be.copy_(bm)
-        value = loss.item()
-        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
-        history["step"].append(step + 1)
-        history["loss"].append(value)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        postfix = {"loss": f"{smooth:.4f}"}
-        if hasattr(model, "train_status"):  # e.g. a tokenizer's live codes
-            postfix.update(model.train_status())
-        if eval_data is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            eval_model = ema if ema is not None else model
-            history["eval_step"].append(step + 1)
-            history["eval_loss"].append(evaluate(eval_model, eval_data, device, eval_batches))
-            postfix["eval"] = f"{history['eval_loss'][-1]:.4f}"
-        bar.set_postfix(postfix, refresh=False)
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            history["seconds"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save_checkpoint(checkpoint, model, step=step + 1, optimizer=optimizer, ema=ema, history=history)
+    with _InterruptFlag() as interrupt:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
+            batch = to_device(next(batches), device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm.detach(), 1 - ema_decay)
+                    for be, bm in zip(ema.buffers(), model.buffers()):
+                        be.copy_(bm)
+            value = loss.item()
+            smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+            history["step"].append(step + 1)
+            history["loss"].append(value)
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            postfix = {"loss": f"{smooth:.4f}"}
+            if hasattr(model, "train_status"):  # e.g. a tokenizer's live codes
+                postfix.update(model.train_status())
+            if eval_data is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                eval_model = ema if ema is not None else model
+                history["eval_step"].append(step + 1)
+                history["eval_loss"].append(evaluate(eval_model, eval_data, device, eval_batches))
+                postfix["eval"] = f"{history['eval_loss'][-1]:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            now = time.perf_counter()
+            due = (checkpoint_every and (step + 1) % checkpoint_every == 0) or (
+                checkpoint_seconds is not None and now - last_save >= checkpoint_seconds
+            )
+            if checkpoint is not None and step + 1 < steps and (due or interrupt.set):
+                history["seconds"] += now - t0
+                t0 = last_save = now
+                save(step + 1)
+            if interrupt.set and step + 1 < steps:
+                bar.close()
+                raise TrainingInterrupted(step + 1, steps, checkpoint)
     history["seconds"] += time.perf_counter() - t0
     if progress and history["loss"]:
         print(summary_line(desc or type(model).__name__, history))
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, step=steps, optimizer=optimizer, ema=ema, history=history)
+        save(steps)
     if ema is not None:
         model.load_state_dict(ema.state_dict())
     model.eval()
@@ -361,26 +464,39 @@ def summary_line(name: str, history: dict) -> str:
 
 def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
     """Reuse a finished checkpoint at `path` when it matches the model; else the weights minigen ships for the
-    file's stem (e.g. "03_token_cpu", see minigen.weights) unless $MINIGEN_TRAIN=1; else train and save to `path`.
-    Returns the training history (the shipped weights carry theirs, thinned), so loss plots work either way."""
+    file's stem (e.g. "03_token_cpu", see minigen.weights) unless $MINIGEN_TRAIN=1; else train and save to `path`,
+    resuming where an interrupted run at `path` stopped (it saves every minute and on Ctrl-C). Returns the training
+    history (the shipped weights carry theirs, thinned), so loss plots work either way."""
     path = Path(path)
-    device = fit_kwargs.get("device")
+    device, steps = fit_kwargs.get("device"), fit_kwargs.get("steps", 0)
+    partial = None  # an interrupted run of this model: continued, not started over
     if path.exists():
         try:
             state = read_checkpoint(path)
-            if state["step"] >= fit_kwargs.get("steps", 0):
+            reason = mismatch(model, state.get("model"), state.get("config"))
+            if reason is not None:
+                raise CheckpointError(reason)
+            if state["step"] >= steps:
                 load_weights(model, state, prefer_ema=True, path=path)
                 model.to(pick_device(device)).eval()
                 history = state.get("history") or {}
                 if fit_kwargs.get("progress", True) and history.get("loss"):
                     print(summary_line(f"loaded the checkpoint {path.name}", history))
                 return history
+            partial = int(state["step"])
         except CheckpointError as err:
             print(f"ignoring {path}: {err}")
-    if os.environ.get("MINIGEN_TRAIN", "") in ("", "0"):
-        history = load_shipped(model, path.stem, min_steps=fit_kwargs.get("steps", 0))
+    if partial is None and os.environ.get("MINIGEN_TRAIN", "") in ("", "0"):
+        history = load_shipped(model, path.stem, min_steps=steps)
         if history is not None:  # no checkpoint is written to `path`: data/ keeps only what trained here
             model.to(pick_device(device)).eval()
             print(f"using the shipped {describe(path.stem, shipped(path.stem))}; MINIGEN_TRAIN=1 trains from scratch")
             return history
-    return fit(model, data, checkpoint=path, **fit_kwargs)
+    writable_folder(path.parent)  # before the training, not after it
+    if partial is not None:
+        print(f"resuming {path.name} from step {partial} of {steps} (an interrupted run)")
+    try:
+        return fit(model, data, checkpoint=path, resume=partial is not None, **fit_kwargs)
+    except TrainingInterrupted as stop:
+        print(f"{stop}; run this cell again to resume from there")
+        raise
