@@ -2,8 +2,10 @@
 
 Start with notebooks/00_overview.ipynb. The shared parts:
   minigen.data     datasets (offline MNIST subset, verified downloads, synthetic sets)
-  minigen.nn       the transformer (causal / block-causal / full masks, KV cache) and sampling helpers
-  minigen.train    fit(), checkpoints, pick_device(), seed_everything(), preset()
+  minigen.nn       the transformer (causal / block-causal / full masks, KV cache)
+  minigen.sampling temperature, top-k, top-p, guidance; one token drawn per row
+  minigen.train    fit(), train_or_load(), pick_device(), seed_everything(), preset()
+  minigen.checkpoints  checkpoints that resume a run exactly
   minigen.weights  the pretrained weights that ship with the package (train_or_load uses them)
   minigen.viz      image grids, loss curves, mask pictures, generation traces
   minigen.metrics  nats per image, bits per dimension, classifier FID and class accuracy of samples

@@ -25,6 +25,7 @@ import torch
 from minigen import registry
 from minigen import speculative as spec
 from minigen import speculative_variants as variants
+from minigen.checkpoints import read_checkpoint
 from minigen.cli import train
 from minigen.data import data_dir
 from minigen.metrics import SampleScorer, Yardstick, nll_entry, quality_data, to_28  # noqa: F401 (notebook 09)
@@ -32,7 +33,7 @@ from minigen.nn import progress_bar
 from minigen.registry import weights_record  # noqa: F401 (notebook 09)
 from minigen.report import format_report, markdown_table, ratios, row, summary  # noqa: F401 (notebook 09)
 from minigen.roofline import timed
-from minigen.train import device_name, pick_device, read_checkpoint, seed_everything
+from minigen.train import device_name, pick_device, seed_everything
 from minigen.train import preset as choose_preset
 
 

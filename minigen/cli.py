@@ -20,11 +20,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from minigen import arnet, registry, weights
+from minigen.checkpoints import CheckpointError, TrainingInterrupted, read_checkpoint, save_checkpoint
 from minigen.data import DownloadError, load_images, make_loader
 from minigen.files import writable_folder, write_atomically
 from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
-from minigen.train import CheckpointError, device_name, fit, pick_device, save_checkpoint, seed_everything
+from minigen.train import device_name, fit, pick_device, seed_everything
 from minigen.train import preset as choose_preset
 from minigen.viz import plot_coefficients, save_images, save_series
 
@@ -84,12 +85,19 @@ def train(
         raise ValueError(f"--steps must be an integer >= 0, got {steps}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"--n must be a positive integer, got {n}")
+    if registry.kind(name) == "series" and (resume or precision is not None):
+        raise ValueError(f"{name} trains in seconds in fp32: --resume and --precision do not apply to it")
     device = pick_device(device)
+    seed_everything(seed)  # before the model is built: its initial weights are part of the run
     rec = registry.recipe(name, preset_name)
     model, steps = rec["model"], rec["steps"] if steps is None else steps
     given_tokenizer = _load_tokenizer(tokenizer, rec["tokenizer"]) if tokenizer is not None else None
     out = writable_folder(f"runs/{name}-{preset_name}" if out is None else out, "--out")  # before training, not after
-    seed_everything(seed)
+    if not resume and (out / "model.pt").exists() and _unfinished(out / "model.pt"):
+        raise ValueError(
+            f"{out / 'model.pt'} is an interrupted run ({_unfinished(out / 'model.pt')}): add --resume to continue "
+            "it, or remove it to start over"
+        )
     caption = ""  # what samples.png shows, where it is not samples
     if registry.kind(name) == "series":
         metrics = _train_series(model, steps=steps, out=out, device=device, seed=seed, preset_name=preset_name)
@@ -191,12 +199,22 @@ def _train_images(
 
 def _tokenizer(name: str, preset_name: str, out: Path, **train_kwargs):
     """The tokenizer `name` a token model needs when none was given: OUT/../NAME-PRESET/model.pt, trained there
-    (with `train_kwargs`) if missing."""
+    (with `train_kwargs`) if missing, and finished first if an interrupted run left it unfinished."""
     path = out.parent / f"{name}-{preset_name}" / "model.pt"
     if not path.exists():
         print(f"no {name} tokenizer at {path}: training it first")
         train(name, preset_name, path.parent, **train_kwargs)
+    elif _unfinished(path):
+        print(f"the {name} tokenizer at {path} is unfinished ({_unfinished(path)}): finishing it first")
+        train(name, preset_name, path.parent, resume=True, **train_kwargs)
     return _load_tokenizer(path, name)
+
+
+def _unfinished(path: Path) -> str | None:
+    """'step k of N' for a checkpoint of a run that stopped before its last step, else None."""
+    state = read_checkpoint(path)
+    planned = (state.get("training") or {}).get("steps")
+    return f"step {state['step']} of {planned}" if isinstance(planned, int) and state["step"] < planned else None
 
 
 def _load_tokenizer(path, name: str | None):
@@ -317,10 +335,16 @@ def cmd_sample(args):
 
 
 def cmd_weights(args):
+    folder = args.dir if args.dir is not None else weights.weights_dir()
     if args.action == "export":
-        weights.export(args.checkpoints, args.dir, trained_on=args.trained_on)
-    for stem, entry in sorted(weights.read_manifest(args.dir).items()):
+        weights.export(args.checkpoints, args.dir, trained_on=args.trained_on, unfinished=args.unfinished)
+    elif not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder} (--dir)")
+    manifest = weights.read_manifest(args.dir)
+    for stem, entry in sorted(manifest.items()):
         print(weights.describe(stem, entry))
+    if not manifest:
+        print(f"no shipped weights in {folder}")
 
 
 def main(argv=None):
@@ -374,6 +398,7 @@ def main(argv=None):
     ex = actions.add_parser("export", help="write checkpoints' EMA weights in fp16 and their manifest entries")
     ex.add_argument("checkpoints", nargs="+", type=Path)
     ex.add_argument("--trained-on", default=f"{os.cpu_count()} CPU cores", help="default: %(default)s (this machine)")
+    ex.add_argument("--unfinished", action="store_true", help="export a run that stopped before its last step")
     wl = actions.add_parser("list", help="list the shipped weights")
     for command in (ex, wl):
         command.add_argument("--dir", type=Path, default=None, help="default: $MINIGEN_WEIGHTS_DIR or the package's")
@@ -383,6 +408,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
+    except TrainingInterrupted as stop:  # Ctrl-C during training: the last finished step is saved
+        again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+        if stop.checkpoint is not None and args.command == "train" and "--out" not in again:
+            again += ["--out", str(Path(stop.checkpoint).parent)]
+        print(f"{stop}; resume: python -m minigen {' '.join(again)} --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except (ValueError, CheckpointError, DownloadError, OSError) as err:
         # bad input, damaged files, the file system: one line naming the cause. Anything else is a bug (in
         # minigen or in a model a learner edited) or the device (out of memory): its traceback is the message.

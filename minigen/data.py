@@ -69,7 +69,13 @@ def data_dir() -> Path:
     else:
         repo_data = Path(__file__).resolve().parents[1] / "data"
         path = repo_data if repo_data.is_dir() else Path.home() / ".cache" / "minigen"
-    path.mkdir(parents=True, exist_ok=True)
+    named = " ($MINIGEN_DATA)" if env else ""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"the data folder {path}{named} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the data folder {path}{named}: {err.strerror or err}") from err
     return path
 
 

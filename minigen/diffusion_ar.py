@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigen.masked_ar import masked_count
-from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, check_sampling_args, eval_mode, progress_bar
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
+from minigen.sampling import check_sampling_args
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import AEConfig, ContinuousAE, OnTokenizer
 

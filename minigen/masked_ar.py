@@ -16,17 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigen import token_ar
-from minigen.nn import (
-    ClassEmbedding,
-    Transformer,
-    TransformerConfig,
-    cfg_mix,
-    check_sampling_args,
-    eval_mode,
-    progress_bar,
-    sample_from_probs,
-    warp_logits,
-)
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
+from minigen.sampling import cfg_mix, check_sampling_args, sample_from_probs, warp_logits
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
 

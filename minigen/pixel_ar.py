@@ -16,14 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigen.data import check_images
-from minigen.nn import (
-    check_labels,
-    check_sampling_args,
-    eval_mode,
-    progress_bar,
-    sample_logits,
-)
+from minigen.nn import eval_mode, progress_bar
 from minigen.raster import RasterGPT
+from minigen.sampling import check_labels, check_sampling_args, sample_logits
 
 # --- the pixel transformer -------------------------------------------------------------------
 

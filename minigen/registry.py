@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from minigen.checkpoints import CheckpointError, load_weights, read_checkpoint
 from minigen.data import data_dir
-from minigen.train import CheckpointError, load_weights, model_key, pick_device, read_checkpoint
-from minigen.weights import load_shipped, shipped
+from minigen.train import pick_device
+from minigen.weights import load_shipped, model_key, shipped
 
 KINDS = ("generator", "tokenizer", "series")
 

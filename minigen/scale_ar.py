@@ -13,17 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigen import token_ar
-from minigen.nn import (
-    ClassEmbedding,
-    Transformer,
-    TransformerConfig,
-    block_causal_mask,
-    cfg_mix,
-    check_sampling_args,
-    eval_mode,
-    progress_bar,
-    sample_logits,
-)
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, eval_mode, progress_bar
+from minigen.sampling import cfg_mix, check_sampling_args, sample_logits
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import MultiScaleVQ, MultiScaleVQConfig, OnTokenizer
 

@@ -14,8 +14,9 @@ from typing import NamedTuple
 
 import torch
 
-from minigen.nn import cfg_mix, check_sampling_args, eval_mode, sample_from_probs, warp_logits
+from minigen.nn import eval_mode
 from minigen.raster import RasterGPT
+from minigen.sampling import cfg_mix, check_sampling_args, sample_from_probs, warp_logits
 
 # the draft model is a much smaller TokenGPT on the target's tokenizer (`python -m minigen train draft`)
 DRAFT_PRESETS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minigen.files import write_atomically
+from minigen.files import interrupts_deferred, writable_folder, write_atomically
 
 PACKAGE_DIR = Path(__file__).parent / "pretrained"
 MANIFEST = "manifest.json"
@@ -84,58 +84,166 @@ def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
     return cast if torch.isfinite(cast).all() or not torch.isfinite(t).all() else t.detach().clone()
 
 
-def export(checkpoints: list[Path], out_dir: Path | None = None, dtype=torch.float16, trained_on: str | None = None):
+def _staged(path: Path, dtype, trained_on, unfinished: bool) -> tuple[str, dict, dict]:
+    """(stem, tensors to write, manifest entry without file and SHA) for one checkpoint; ValueError if it is not a
+    minigen checkpoint, or is an unfinished run and `unfinished` is False."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise OSError(f"cannot read {path}: {err.strerror or err}") from err
+    except Exception as err:  # whatever torch raises for a damaged file, reported as bad input
+        raise ValueError(f"{path} is corrupt or not a checkpoint ({_why(err)})") from err
+    if not isinstance(state, dict) or not {"model", "config", "state_dict", "step"} <= state.keys():
+        raise ValueError(f"{path} is not a minigen checkpoint")
+    planned = (state.get("training") or {}).get("steps")
+    if isinstance(planned, int) and state["step"] < planned and not unfinished:
+        raise ValueError(
+            f"{path} is an unfinished run (step {state['step']} of {planned}): finish it (train ... --resume), "
+            "or export it anyway with --unfinished"
+        )
+    weights = state.get("ema") or state["state_dict"]
+    entry = {
+        "model": state["model"],
+        "config": state["config"],
+        "step": int(state["step"]),
+        "preset": next((p for p in ("smoke", "cpu", "gpu") if path.stem.endswith(f"_{p}")), None),
+        "ema": bool(state.get("ema")),
+        "dtype": str(dtype).removeprefix("torch."),
+        "trained_on": trained_on,
+        "history": thin(state.get("history") or {}),
+    }
+    return path.stem, {k: _cast(v, dtype) for k, v in weights.items()}, entry
+
+
+def export(
+    checkpoints: list[Path],
+    out_dir: Path | None = None,
+    dtype=torch.float16,
+    trained_on: str | None = None,
+    unfinished: bool = False,
+):
     """Write each checkpoint's EMA weights (else its weights) as a `dtype` file into `out_dir` (default
-    weights_dir()) and its entry into the manifest there; returns the manifest. Integer buffers keep their dtype."""
+    weights_dir()) and its entry into the manifest there; returns the manifest. Integer buffers keep their dtype.
+
+    All or nothing, like git: every checkpoint is read and checked and every file written aside first; only then
+    are the files and the manifest renamed into place, with Ctrl-C held back for those few renames. A bad
+    checkpoint, an unreadable manifest, a full disk or an interrupt leaves the folder as it was."""
     out_dir = Path(out_dir) if out_dir is not None else weights_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(out_dir)  # entries of checkpoints not named here stay
-    for path in map(Path, checkpoints):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except OSError:
-            raise  # a missing or unreadable file says so itself
-        except Exception as err:  # whatever torch raises for a damaged file, reported as bad input
-            raise ValueError(f"{path} is corrupt or not a checkpoint ({_why(err)})") from err
-        if not isinstance(state, dict) or not {"model", "config", "state_dict", "step"} <= state.keys():
-            raise ValueError(f"{path} is not a minigen checkpoint")
-        weights = state.get("ema") or state["state_dict"]
-        tensors = {k: _cast(v, dtype) for k, v in weights.items()}
-        file = out_dir / f"{path.stem}.pt"
-        write_atomically(file, lambda tmp, tensors=tensors: torch.save(tensors, tmp))
-        manifest[path.stem] = {
-            "file": file.name,
-            "sha256": sha256(file),
-            "model": state["model"],
-            "config": state["config"],
-            "step": int(state["step"]),
-            "preset": next((p for p in ("smoke", "cpu", "gpu") if path.stem.endswith(f"_{p}")), None),
-            "ema": bool(state.get("ema")),
-            "dtype": str(dtype).removeprefix("torch."),
-            "trained_on": trained_on,
-            "history": thin(state.get("history") or {}),
-        }
-        print(f"{path} -> {file} ({file.stat().st_size / 1e3:.0f} kB)")
-    # one line per model: a re-export shows in git as the lines of the models that changed
-    lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(manifest.items()))
-    write_atomically(out_dir / MANIFEST, lambda tmp: tmp.write_text("{\n" + lines + "\n}\n" if lines else "{}\n"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"cannot export into {out_dir}: it is a file, not a folder")
+    writable_folder(out_dir)
+    manifest = read_manifest(out_dir, strict=True)  # entries of checkpoints not named here stay
+    staged = [_staged(Path(path), dtype, trained_on, unfinished) for path in checkpoints]  # nothing written yet
+    if len({stem for stem, _, _ in staged}) < len(staged):
+        raise ValueError("two checkpoints have the same file name: each file stem names one shipped model")
+    moves = []  # (temporary, final)
+    try:
+        for stem, tensors, entry in staged:
+            final = out_dir / f"{stem}.pt"
+            tmp = write_atomically(out_dir / f".{stem}.export.pt", lambda t, tensors=tensors: torch.save(tensors, t))
+            manifest[stem] = {"file": final.name, "sha256": sha256(tmp), **entry}
+            moves.append((tmp, final))
+        # one line per model: a re-export shows in git as the lines of the models that changed
+        lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(manifest.items()))
+        text = "{\n" + lines + "\n}\n" if lines else "{}\n"
+        moves.append((write_atomically(out_dir / ".manifest.export.json", lambda t: t.write_text(text)), None))
+        _commit(moves, out_dir / MANIFEST)
+    finally:
+        for tmp, _ in moves:
+            tmp.unlink(missing_ok=True)
+    for (_, final), (stem, _, _) in zip(moves, staged):
+        print(f"{stem} -> {final} ({final.stat().st_size / 1e3:.0f} kB)")
     return manifest
+
+
+def _commit(moves: list, manifest_path: Path):
+    """Rename every staged file onto its place, the manifest last, with Ctrl-C held back; if a rename fails, put
+    back what was there."""
+    moves = [(tmp, final or manifest_path) for tmp, final in moves]
+    backups = []
+    with interrupts_deferred():
+        try:
+            for tmp, final in moves:
+                backup = final.with_name(f".{final.name}.before-export")
+                if final.exists():
+                    os.replace(final, backup)
+                backups.append((final, backup))
+                os.replace(tmp, final)
+        except BaseException:
+            for final, backup in reversed(backups):
+                if backup.exists():
+                    os.replace(backup, final)
+                else:
+                    final.unlink(missing_ok=True)
+            raise
+        for _, backup in backups:
+            backup.unlink(missing_ok=True)
 
 
 # --- lookup and loading -------------------------------------------------------------------------------
 
 
-def read_manifest(folder: Path | None = None) -> dict:
-    """The manifest in `folder` (default weights_dir()); {} when there is none or it cannot be read."""
+def read_manifest(folder: Path | None = None, strict: bool = False) -> dict:
+    """The manifest in `folder` (default weights_dir()): {stem: entry}, each entry checked (check_entry); an entry
+    that fails is left out with one line saying why. {} when there is no manifest; one that cannot be read is
+    left out with one line too, or, with strict=True (before writing over it), raises ValueError."""
     path = Path(folder or weights_dir()) / MANIFEST
     try:
         manifest = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(manifest, dict):
+            raise ValueError("it is not a JSON object")
     except (OSError, ValueError) as err:
-        manifest = f"unreadable ({err})"
-    if not isinstance(manifest, dict):
-        print(f"ignoring the shipped weights: {path} is {manifest if isinstance(manifest, str) else 'not a dict'}")
+        reason = f"{path} cannot be read ({_why(err)})"
+        if strict:
+            raise ValueError(f"{reason}: mend or remove it first, or every entry in it would be lost") from err
+        print(f"ignoring the shipped weights: {reason}")
         return {}
-    return manifest
+    good = {}
+    for stem, entry in manifest.items():
+        reason = check_entry(entry)
+        if reason is None:
+            good[stem] = entry
+        elif strict:
+            raise ValueError(f"{path}: the entry {stem!r} is malformed ({reason}): mend or remove it first")
+        else:
+            print(f"ignoring the shipped weights {stem}: its manifest entry is malformed ({reason})")
+    return good
+
+
+ENTRY_FIELDS = {  # field: (types it may have, what it is)
+    "file": ((str,), "a file name"),
+    "sha256": ((str,), "a hex digest"),
+    "model": ((str,), "a model key"),
+    "config": ((dict, type(None)), "a dict or null"),
+    "step": ((int,), "an integer"),
+    "preset": ((str, type(None)), "a preset name or null"),
+    "ema": ((bool,), "true or false"),
+    "dtype": ((str,), "a dtype name"),
+    "trained_on": ((str, type(None)), "a string or null"),
+    "history": ((dict,), "a dict"),
+}
+
+
+def check_entry(entry) -> str | None:
+    """Why a manifest entry is malformed, or None: every field present with its type, a 64-digit SHA-256, a plain
+    file name (never a path out of the folder), a step >= 0, per-step history series as lists of numbers."""
+    if not isinstance(entry, dict):
+        return f"it is a {type(entry).__name__}, not a dict"
+    for field, (types, what) in ENTRY_FIELDS.items():
+        value = entry.get(field)
+        if field not in entry or not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"{field} must be {what}, got {value!r:.60}"
+    if len(entry["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in entry["sha256"]):
+        return "sha256 must be 64 hex digits"
+    if Path(entry["file"]).name != entry["file"] or not entry["file"].endswith(".pt"):
+        return f"file must be a .pt file name in the folder, got {entry['file']!r:.60}"
+    if entry["step"] < 0:
+        return f"step must be >= 0, got {entry['step']}"
+    for key, series in entry["history"].items():
+        numbers = isinstance(series, list) and all(isinstance(x, (int, float)) for x in series)
+        if key != "precision" and not numbers and not (key == "seconds" and isinstance(series, (int, float))):
+            return f"history[{key!r}] must be a list of numbers"
+    return None
 
 
 def shipped(stem: str) -> dict | None:

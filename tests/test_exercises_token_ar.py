@@ -5,7 +5,7 @@ import torch
 from conftest import solution_function
 
 from minigen.exercises.token_ar import check_sample_tokens
-from minigen.nn import sample_from_probs
+from minigen.sampling import sample_from_probs
 
 
 def planted(use_cache=True, row=-1, use_temperature=True, prefix_with_cache=False, skip_prefill_logits=False):

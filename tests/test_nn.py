@@ -1,19 +1,8 @@
 import pytest
 import torch
 
-from minigen.nn import (
-    ClassEmbedding,
-    Transformer,
-    TransformerConfig,
-    block_causal_mask,
-    causal_mask,
-    cfg_mix,
-    check_labels,
-    check_sampling_args,
-    sample_from_probs,
-    sample_logits,
-    warp_logits,
-)
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, block_causal_mask, causal_mask
+from minigen.sampling import cfg_mix, check_labels, check_sampling_args, sample_from_probs, sample_logits, warp_logits
 
 
 def tiny(pos="learned", max_len=12, n_layer=2):

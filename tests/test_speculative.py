@@ -10,7 +10,7 @@ from conftest import tiny_gpt
 
 from minigen import speculative as S
 from minigen import speculative_variants as SV
-from minigen.nn import sample_from_probs, warp_logits
+from minigen.sampling import sample_from_probs, warp_logits
 
 # --- probability-table models and a dice that walks every outcome -----------------------
 

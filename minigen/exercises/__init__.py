@@ -14,18 +14,60 @@ import functools
 
 def checked(check):
     """Turn `check(fn)`, which asserts that a learner's `fn` agrees with the library, into the function a notebook
-    calls: False with a note while `fn` is still the stub, AssertionError when it is wrong, True when right."""
+    calls: False with a note while `fn` is still the stub, AssertionError when it is wrong, True when right.
+
+    Whatever goes wrong becomes one AssertionError that says what the learner's function did: an exception it
+    raised, or an answer the check could not use (None from a forgotten `return`, a tuple of the wrong length,
+    None inside a tuple), with what was expected."""
 
     @functools.wraps(check)
     def run(fn) -> bool:
+        __tracebackhide__ = True  # IPython and pytest show the message, not the checker's frames
         if not callable(fn):
             raise TypeError(f"{check.__name__} takes your function, got {type(fn).__name__}")
+        calls = []
+
+        def recorded(*args, **kwargs):
+            calls.append(None)  # a call that has not returned yet
+            out = fn(*args, **kwargs)
+            calls[-1] = ("returned", out)
+            return out
+
+        recorded.__name__ = getattr(fn, "__name__", "your function")
         try:
-            check(fn)
+            check(recorded)
         except NotImplementedError:
-            print(f"{check.__name__}: not implemented yet; fill in {fn.__name__} above and run both cells again")
+            print(f"{check.__name__}: not implemented yet; fill in {recorded.__name__} above and run both cells again")
             return False
-        print(f"{check.__name__}: {fn.__name__} agrees with the library on every case")
+        except AssertionError as err:
+            answer = calls[-1][1] if calls and calls[-1] is not None else "not None"
+            if answer is None or (isinstance(answer, tuple) and None in answer):
+                raise AssertionError(
+                    f"{err} ({recorded.__name__} returned {answer!r}: did you forget `return`?)"
+                ) from None
+            raise
+        except Exception as err:
+            raise AssertionError(_what_went_wrong(recorded.__name__, calls, err, check)) from None
+        print(f"{check.__name__}: {recorded.__name__} agrees with the library on every case")
         return True
 
     return run
+
+
+def _what_went_wrong(name: str, calls: list, err: Exception, check) -> str:
+    """One message for an exception met while checking `name`: raised by it, or by the check on its answer."""
+    expected = " ".join((check.__doc__ or "").strip().split("\n\n")[0].split())
+    if calls and calls[-1] is None:  # the learner's function itself raised
+        return f"{name} raised {type(err).__name__}: {err}. Expected: {expected}"
+    answer = calls[-1][1] if calls else None
+    shown = repr(answer)
+    shown = shown if len(shown) <= 200 else shown[:200] + " ..."
+    hint = " (did you forget `return`?)" if _holds_none(answer) else ""
+    return (
+        f"{name} returned {shown}{hint}, which the check cannot use ({type(err).__name__}: {err}). Expected: {expected}"
+    )
+
+
+def _holds_none(answer) -> bool:
+    """None, or a tuple with None in it: what a function that forgot a `return` gives back."""
+    return answer is None or (isinstance(answer, tuple) and any(a is None for a in answer))
