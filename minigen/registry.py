@@ -56,6 +56,8 @@ MODELS = {
     "var": Entry("minigen.scale_ar", "VAR", "generator"),
     "ae": Entry("minigen.tokenizers", "ContinuousAE", "tokenizer", presets="AE_PRESETS"),  # MAR's continuous tokenizer
     "mar": Entry("minigen.diffusion_ar", "MAR", "generator"),
+    "flowar": Entry("minigen.flow_ar", "FlowAR", "generator"),
+    "xar": Entry("minigen.flow_ar", "XAR", "generator", presets="XAR_PRESETS"),
     # the small draft GPT of notebook 07: a TokenGPT on the same data, with speculative decoding's presets
     "draft": Entry(
         "minigen.token_ar", "TokenGPT", "generator", presets="DRAFT_PRESETS", presets_module="minigen.speculative"
