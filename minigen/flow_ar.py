@@ -62,9 +62,15 @@ def integrate(velocity, x1: torch.Tensor, steps: int, method: str = "euler") -> 
     return x
 
 
-def guided(velocity_cond, velocity_uncond, scale: float):
-    """Classifier-free guidance on velocities: v_u + scale (v_c - v_u); scale 1 is plain conditional."""
-    return lambda x, t: velocity_uncond(x, t) + scale * (velocity_cond(x, t) - velocity_uncond(x, t))
+def guided(velocity_both, n: int, scale: float):
+    """Classifier-free guidance on velocities: velocity_both(x, t) gives the conditional velocities of n rows
+    stacked on the unconditional ones (2n, ...), in one call; returns v_u + scale (v_c - v_u) for the n rows."""
+
+    def velocity(x, t):
+        v = velocity_both(torch.cat([x, x]), t)  # (2n, ...)
+        return v[n:] + scale * (v[:n] - v[n:])
+
+    return velocity
 
 
 class FlowHead(nn.Module):
@@ -237,8 +243,8 @@ class FlowAR(ScaleModel):
 
     def velocity(self, z: torch.Tensor, n: int, cfg_scale: float | None):
         """The head's velocity for the n images conditioned on z[:n], guided against z[n:] when cfg_scale is set."""
-        head = lambda zz: lambda x, t: self.head(x, torch.full((len(x),), t, device=x.device), zz)
-        return head(z) if cfg_scale is None else guided(head(z[:n]), head(z[n:]), cfg_scale)
+        velocity = lambda x, t: self.head(x, torch.full((len(x),), t, device=x.device), z)
+        return velocity if cfg_scale is None else guided(velocity, n, cfg_scale)
 
 
 @dataclass
@@ -347,13 +353,12 @@ class XAR(ScaleModel):
                     nonlocal passes
                     passes += 1
                     cache.truncate(prefix)
-                    x = torch.cat([x, x]) if doubled else x
                     inputs = self.embed(x, torch.full(x.shape[:2], t, device=device), k, k + 1, 1)
-                    v = self.out(self.transformer(inputs, mask=self.sample_mask, cache=cache))  # (rows, s_k^2, D)
-                    return v[n:] + cfg_scale * (v[:n] - v[n:]) if doubled else v
+                    return self.out(self.transformer(inputs, mask=self.sample_mask, cache=cache))  # (rows, s_k^2, D)
 
                 noise = draw_noise((n, size, self.token_dim), temperature, generator, device)
-                tokens = integrate(pass_over, noise, flow_steps, method)  # (n, s_k^2, D)
+                velocity = guided(pass_over, n, cfg_scale) if doubled else pass_over
+                tokens = integrate(velocity, noise, flow_steps, method)  # (n, s_k^2, D)
                 maps.append(tokens.view(n, self.scales[k], self.scales[k], self.token_dim))
                 if k + 1 < len(self.scales):  # the finished entity becomes context: clean, at level 0
                     cache.truncate(prefix)
