@@ -156,10 +156,12 @@ class ScaleModel(OnTokenizer, nn.Module):
         up = F.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False)
         return up.permute(0, 2, 3, 1)
 
-    def labels_for(self, batch, n):
+    def labels_for(self, batch):
+        """A training batch's labels, or None for an unconditional model or a batch of images alone."""
         return batch[1] if isinstance(batch, (list, tuple)) and self.n_classes else None
 
     def finish(self, maps, return_tokens: bool, return_trace: bool, passes: int, head_passes: int):
+        """What sample returns from the generated scales `maps`: the last one's tokens or images, and the trace."""
         out = maps[-1] if return_tokens else self.tokenizer.decode(maps[-1])
         if not return_trace:
             return out
@@ -197,7 +199,7 @@ class FlowAR(ScaleModel):
     def loss(self, batch) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         maps = self.pyramid(self.to_tokens(x))
-        z = self.transformer(self.inputs(maps[:-1], self.labels_for(batch, len(x)), len(x)), mask=self.mask)
+        z = self.transformer(self.inputs(maps[:-1], self.labels_for(batch), len(x)), mask=self.mask)
         losses = [  # one flow-matching loss per scale, weighted by its tokens
             self.head.loss(m.flatten(1, 2), z_k, self.config.head_repeats) * m.shape[1] ** 2
             for m, z_k in zip(maps, z.split(self.sizes, dim=1))
@@ -309,7 +311,7 @@ class XAR(ScaleModel):
         noisy, target = flow_target(clean, torch.randn_like(clean), t[..., None])
         context = noisy if self.config.noisy_context else clean  # what query k sees of the entities before it
         t_context = t if self.config.noisy_context else torch.zeros_like(t)
-        return F.mse_loss(self(context, t_context, noisy, t, self.labels_for(batch, B)), target)
+        return F.mse_loss(self(context, t_context, noisy, t, self.labels_for(batch)), target)
 
     def forward(self, context, t_context, noisy, t, labels=None) -> torch.Tensor:
         """Velocities (B, L, D) of every entity at once in the training layout: context and noisy tokens (B, L, D)
