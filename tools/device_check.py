@@ -60,14 +60,14 @@ def steps(quick: bool, device: str, work: Path) -> list[dict]:
             name="device tests",
             command=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, *select],
             env={"MINIGEN_TEST_DEVICE": device},
-            limit=90 if quick else 150,
+            limit=300 if quick else 150,
         ),
         dict(
             name="notebooks (smoke)",
             command=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *parallel]
             + (NOTEBOOKS[:1] if quick else NOTEBOOKS),
             env={"MINIGEN_SMOKE": "1", "MINIGEN_DEVICE": device, "TQDM_DISABLE": "1"},
-            limit=90 if quick else 200,
+            limit=300 if quick else 200,
         ),
         dict(
             name="bench (token GPT)",
@@ -75,7 +75,7 @@ def steps(quick: bool, device: str, work: Path) -> list[dict]:
             + ["--preset", "smoke" if quick else "gpu", "--device", device]
             + ([] if quick else ["--compile"]),
             env={"MINIGEN_DATA": str(work / "data")},
-            limit=60 if quick else 120,
+            limit=240 if quick else 120,
             keep="table",
         ),
         dict(
@@ -84,7 +84,7 @@ def steps(quick: bool, device: str, work: Path) -> list[dict]:
             command=[py, "-m", "minigen", "train", "token", "--preset", "smoke" if quick else "gpu"]
             + ["--device", device, "--tokenizer", str(tokenizer), "--out", str(work / "token"), "--n", "16"],
             env={"MINIGEN_DATA": str(work / "data"), "TQDM_DISABLE": "1"},
-            limit=60 if quick else 150,
+            limit=240 if quick else 150,
             keep="training",
         ),
     ]
