@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,20 @@ def force_guidance(monkeypatch):
 def swap_guidance(monkeypatch, module):
     """A planted bug: guidance that mixes towards the unconditional logits instead of away from them."""
     monkeypatch.setattr(module, "cfg_mix", lambda cond, uncond, scale: cond + scale * (uncond - cond))
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder nobody may write into: a read-only one, or for root (who ignores permissions) /sys/kernel."""
+    folder = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "read-only"
+    if folder != Path("/sys/kernel"):
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        tempfile.NamedTemporaryFile(dir=folder).close()
+        pytest.skip(f"{folder} is writable here")
+    except OSError:
+        pass
+    yield folder
+    if folder != Path("/sys/kernel"):
+        folder.chmod(0o755)

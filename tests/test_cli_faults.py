@@ -4,7 +4,6 @@ leaves no partial file; programming errors keep their traceback."""
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,6 @@ from minigen import cli
 from minigen.arnet import ARNet, ARNetConfig
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.train import save_checkpoint
-
-
-@pytest.fixture
-def unwritable(tmp_path):
-    """A folder nobody may write into: a read-only one, or for root (who ignores permissions) /sys/kernel."""
-    folder = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "read-only"
-    if folder != Path("/sys/kernel"):
-        folder.mkdir()
-        folder.chmod(0o555)
-    try:
-        tempfile.NamedTemporaryFile(dir=folder).close()
-        pytest.skip(f"{folder} is writable here")
-    except OSError:
-        pass
-    yield folder
-    if folder != Path("/sys/kernel"):
-        folder.chmod(0o755)
 
 
 @pytest.fixture

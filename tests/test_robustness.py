@@ -272,25 +272,6 @@ def test_interrupts_are_held_back_while_files_are_committed():
     assert committed == [True]
 
 
-@pytest.fixture
-def unwritable(tmp_path):
-    """A folder nobody may write into: a read-only one, or for root (who ignores permissions) /sys/kernel."""
-    import tempfile
-
-    folder = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "read-only"
-    if folder != Path("/sys/kernel"):
-        folder.mkdir()
-        folder.chmod(0o555)
-    try:
-        tempfile.NamedTemporaryFile(dir=folder).close()
-        pytest.skip(f"{folder} is writable here")
-    except OSError:
-        pass
-    yield folder
-    if folder != Path("/sys/kernel"):
-        folder.chmod(0o755)
-
-
 def test_read_only_destinations_fail_before_the_work(exported, unwritable, monkeypatch):
     folder, _ = exported
     result = run_cli("weights", "export", folder / "00_a_cpu.pt", "--dir", unwritable)
