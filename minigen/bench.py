@@ -5,9 +5,9 @@ side on one device in one process, so ratios are meaningful even where absolute 
 trained models): classifier FID and class accuracy of class-balanced samples (minigen.metrics: a digit-domain
 Frechet distance, not Inception FID) and the test NLL where the paradigm has a likelihood. Models come from
 --checkpoint NAME=PATH, else by --models: `fresh` (untrained weights of the preset's sizes: speed only, the work
-per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07 use, found as their train_or_load
-finds them: the finished checkpoint in data/, else the shipped weights; trained now, saying so, where neither is
-there) or `train` (trained now with the preset's recipe, cached in data/bench/).
+per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07 and 11 use, found as their
+train_or_load finds them: the finished checkpoint in data/, else the shipped weights; trained now, saying so, where
+neither is there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from minigen.cli import train
 from minigen.data import data_dir
 from minigen.metrics import SampleScorer, Yardstick, nll_entry, quality_data, to_28  # noqa: F401 (notebook 09)
 from minigen.nn import progress_bar
-from minigen.registry import weights_record  # noqa: F401 (notebook 09)
 from minigen.report import format_report, markdown_table, ratios, row, summary  # noqa: F401 (notebook 09)
 from minigen.roofline import timed
 from minigen.train import device_name, pick_device, seed_everything
@@ -56,6 +55,8 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
     "var": Paradigm("VAR", "04_var", CACHE),
     "maskgit": Paradigm("MaskGIT", "05_maskgit", (("T=8", dict(num_iter=8)), ("T=49", dict(num_iter=49)))),
     "mar": Paradigm("MAR", "06_mar", MAR),
+    "flowar": Paradigm("FlowAR", "11_flowar", (("25 steps", dict(flow_steps=25)), ("10 steps", dict(flow_steps=10)))),
+    "xar": Paradigm("xAR (noisy context)", "11_xar", (("25 steps", dict(flow_steps=25)),)),
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator)),
@@ -85,6 +86,8 @@ RATIOS = [
     ("var: KV cache vs recompute", "var", "recompute", "var", "KV cache"),
     ("MAR K=16 S=50 vs raster token GPT (KV cache)", "token", "KV cache", "mar", "K=16 S=50"),
     ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
+    ("FlowAR 25 steps vs MAR K=16 S=50", "mar", "K=16 S=50", "flowar", "25 steps"),
+    ("xAR 25 steps vs MAR K=16 S=50", "mar", "K=16 S=50", "xar", "25 steps"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
 RATIOS += [
     ("token: compiled vs eager (KV cache)", "token", "KV cache", "token", "compiled"),

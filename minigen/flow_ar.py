@@ -45,9 +45,10 @@ def flow_target(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
 
 
 @torch.no_grad()
-def integrate(velocity, x1: torch.Tensor, steps: int, method: str = "euler") -> torch.Tensor:
+def integrate(velocity, x1: torch.Tensor, steps: int, method: str = "euler", path: list | None = None) -> torch.Tensor:
     """Integrate dx/dt = velocity(x, t) from t = 1 (x1, noise) down to t = 0 (data) in `steps` equal steps.
-    velocity(x, t) takes t as a float; Heun averages the slopes at both ends of a step (twice the calls)."""
+    velocity(x, t) takes t as a float; Heun averages the slopes at both ends of a step (twice the calls). A `path`
+    list gets the state at every time visited, noise first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -55,11 +56,29 @@ def integrate(velocity, x1: torch.Tensor, steps: int, method: str = "euler") -> 
     x = x1
     times = torch.linspace(1.0, 0.0, steps + 1).tolist()
     for t, t_next in zip(times[:-1], times[1:]):
+        if path is not None:
+            path.append(x)
         v = velocity(x, t)
-        if method == "heun" and t_next > 0:  # the last step stays Euler: the slope at t = 0 is the data's
+        if method == "heun" and t_next > 0:  # the last step stays Euler: at t = 0 the ideal slope is just -x
             v = 0.5 * (v + velocity(x + (t_next - t) * v, t_next))
         x = x + (t_next - t) * v
+    if path is not None:
+        path.append(x)
     return x
+
+
+def steps_per_scale(flow_steps, scales: int) -> list[int]:
+    """`flow_steps` as one step count per scale: an int for all of them, or a sequence with one per scale (fewer
+    steps for the finer scales is DiSA's idea)."""
+    counts = [flow_steps] * scales if isinstance(flow_steps, int) else list(flow_steps)
+    if len(counts) != scales or not all(isinstance(c, int) and c >= 1 for c in counts):
+        raise ValueError(f"flow_steps must be a positive int or {scales} of them, one per scale, got {flow_steps!r}")
+    return counts
+
+
+def head_calls(steps: int, method: str) -> int:
+    """Sequential velocity evaluations of `steps` steps: Heun evaluates twice per step except on the last."""
+    return 2 * steps - 1 if method == "heun" else steps
 
 
 def guided(velocity_both, n: int, scale: float):
@@ -160,14 +179,16 @@ class ScaleModel(OnTokenizer, nn.Module):
         """A training batch's labels, or None for an unconditional model or a batch of images alone."""
         return batch[1] if isinstance(batch, (list, tuple)) and self.n_classes else None
 
-    def finish(self, maps, return_tokens: bool, return_trace: bool, passes: int, head_passes: int):
-        """What sample returns from the generated scales `maps`: the last one's tokens or images, and the trace."""
+    def finish(self, maps, paths, return_tokens: bool, return_trace: bool, passes: int, head_passes: int):
+        """What sample returns from the generated scales `maps` (and each one's flow `paths`): the last scale's
+        tokens or images, and the trace."""
         out = maps[-1] if return_tokens else self.tokenizer.decode(maps[-1])
         if not return_trace:
             return out
         frames = torch.stack([self.tokenizer.decode(self.upsample(m, self.grid)).cpu() for m in maps])
-        trace = {"maps": [m.cpu() for m in maps], "frames": frames, "passes": passes, "head_passes": head_passes}
-        return out, trace
+        paths = [torch.stack(p).cpu() for p in paths]  # per scale (steps + 1, n, s^2, D)
+        trace = {"maps": [m.cpu() for m in maps], "frames": frames, "paths": paths, "passes": passes}
+        return out, {**trace, "head_passes": head_passes}
 
 
 class FlowAR(ScaleModel):
@@ -212,7 +233,7 @@ class FlowAR(ScaleModel):
         n: int,
         labels=None,
         *,
-        flow_steps: int = 25,
+        flow_steps: int | tuple = 25,
         method: str = "euler",
         temperature: float = 1.0,
         cfg_scale: float = 1.0,
@@ -221,15 +242,17 @@ class FlowAR(ScaleModel):
         return_trace: bool = False,
         return_tokens: bool = False,
     ):
-        """Generate n images scale by scale: one cached transformer pass per scale, then `flow_steps` steps of
-        the flow head from noise (scaled by `temperature`) to that scale's tokens, guided on the velocity.
-        return_trace=True also returns {"maps": every scale's tokens, "frames": images decoded from each scale
-        upsampled, "passes": transformer passes, "head_passes": sequential head calls}."""
+        """Generate n images scale by scale: one cached transformer pass per scale, then `flow_steps` steps (or
+        one count per scale) of the flow head from noise (times `temperature`) to that scale's tokens, guided on the
+        velocity. return_trace=True also returns {"maps": every scale's tokens, "frames": images decoded from each
+        scale upsampled, "paths": each scale's states (steps + 1, n, s^2, D), noise first, "passes": transformer
+        passes, "head_passes": sequential head calls}."""
         check_sampling_args(temperature, cfg_scale=cfg_scale)
+        counts = steps_per_scale(flow_steps, len(self.scales))
         device = self.level_emb.device
         labels, doubled = self.class_emb.sampling_labels(n, labels, cfg_scale)
         rows = 2 * n if doubled else n
-        maps = []
+        maps, paths = [], []
         with eval_mode(self):
             cache = self.transformer.new_cache(rows)
             for k in progress_bar(range(len(self.scales)), progress, desc="FlowAR scales"):
@@ -238,10 +261,12 @@ class FlowAR(ScaleModel):
                 z = self.transformer(x_in, mask=self.mask, cache=cache)  # (rows, s_k^2, C)
                 velocity = self.velocity(z, n, cfg_scale if doubled else None)
                 noise = draw_noise((n, self.sizes[k], self.token_dim), temperature, generator, device)
-                tokens = integrate(velocity, noise, flow_steps, method)  # (n, s_k^2, D)
+                path = [] if return_trace else None
+                tokens = integrate(velocity, noise, counts[k], method, path)  # (n, s_k^2, D)
                 maps.append(tokens.view(n, self.scales[k], self.scales[k], self.token_dim))
-        calls = flow_steps * (2 if method == "heun" else 1) - (1 if method == "heun" else 0)
-        return self.finish(maps, return_tokens, return_trace, len(self.scales), len(self.scales) * calls)
+                paths.append(path)
+        calls = sum(head_calls(c, method) for c in counts)
+        return self.finish(maps, paths, return_tokens, return_trace, len(self.scales), calls)
 
     def velocity(self, z: torch.Tensor, n: int, cfg_scale: float | None):
         """The head's velocity for the n images conditioned on z[:n], guided against z[n:] when cfg_scale is set."""
@@ -328,7 +353,7 @@ class XAR(ScaleModel):
         n: int,
         labels=None,
         *,
-        flow_steps: int = 25,
+        flow_steps: int | tuple = 25,
         method: str = "euler",
         temperature: float = 1.0,
         cfg_scale: float = 1.0,
@@ -338,13 +363,15 @@ class XAR(ScaleModel):
         return_tokens: bool = False,
     ):
         """Generate n images entity by entity: the class and finished entities stay in the KV cache; each of
-        `flow_steps` steps (Heun: about twice the passes) is one transformer pass over the entity being drawn,
-        from noise (times `temperature`) to tokens, guided on the velocity. Returns like FlowAR.sample."""
+        `flow_steps` steps (or one count per entity; Heun: about twice the passes) is one transformer pass over the
+        entity being drawn, from noise (times `temperature`) to tokens, guided on the velocity. Returns like
+        FlowAR.sample."""
         check_sampling_args(temperature, cfg_scale=cfg_scale)
+        counts = steps_per_scale(flow_steps, len(self.scales))
         device = self.level_emb.device
         labels, doubled = self.class_emb.sampling_labels(n, labels, cfg_scale)
         rows = 2 * n if doubled else n
-        maps, passes = [], 1
+        maps, paths, passes = [], [], 1
         with eval_mode(self):
             cache = self.transformer.new_cache(rows)
             self.transformer(self.class_emb(labels, batch=rows)[:, None], mask=self.sample_mask, cache=cache)
@@ -360,15 +387,17 @@ class XAR(ScaleModel):
 
                 noise = draw_noise((n, size, self.token_dim), temperature, generator, device)
                 velocity = guided(pass_over, n, cfg_scale) if doubled else pass_over
-                tokens = integrate(velocity, noise, flow_steps, method)  # (n, s_k^2, D)
+                path = [] if return_trace else None
+                tokens = integrate(velocity, noise, counts[k], method, path)  # (n, s_k^2, D)
                 maps.append(tokens.view(n, self.scales[k], self.scales[k], self.token_dim))
+                paths.append(path)
                 if k + 1 < len(self.scales):  # the finished entity becomes context: clean, at level 0
                     cache.truncate(prefix)
                     ctx = torch.cat([tokens, tokens]) if doubled else tokens
                     inputs = self.embed(ctx, torch.zeros(ctx.shape[:2], device=device), k, k + 1, 0)
                     self.transformer(inputs, mask=self.sample_mask, cache=cache)
                     passes += 1
-        return self.finish(maps, return_tokens, return_trace, passes, 0)
+        return self.finish(maps, paths, return_tokens, return_trace, passes, 0)
 
 
 def draw_noise(shape, temperature: float, generator, device) -> torch.Tensor:

@@ -136,6 +136,7 @@ def export(
     staged = [_staged(Path(path), dtype, trained_on, unfinished) for path in checkpoints]  # nothing written yet
     if len({stem for stem, _, _ in staged}) < len(staged):
         raise ValueError("two checkpoints have the same file name: each file stem names one shipped model")
+    staged = [_share_tokenizer(stem, tensors, entry, staged, manifest, out_dir) for stem, tensors, entry in staged]
     moves = []  # (temporary, final)
     try:
         for stem, tensors, entry in staged:
@@ -154,6 +155,34 @@ def export(
     for (_, final), (stem, _, _) in zip(moves, staged):
         print(f"{stem} -> {final} ({final.stat().st_size / 1e3:.0f} kB)")
     return manifest
+
+
+def _share_tokenizer(stem, tensors: dict, entry: dict, staged: list, manifest: dict, out_dir: Path):
+    """A token model carries its frozen tokenizer's tensors ("tokenizer.*"). When a tokenizer with the same config
+    and exactly these tensors ships in the same folder (or is exported with it), leave them out and name that
+    tokenizer in the entry's "tokenizer_weights": every model trained on notebook 06's autoencoder would otherwise
+    ship its own copy of it. Returns (stem, tensors, entry), changed or not."""
+    plain = lambda config: json.loads(json.dumps(config))  # tuples and their JSON lists compare equal
+    own = {k.removeprefix("tokenizer."): v for k, v in tensors.items() if k.startswith("tokenizer.")}
+    wanted = plain((entry.get("config") or {}).get("tokenizer"))
+    if not own or not isinstance(wanted, dict):
+        return stem, tensors, entry
+    candidates = {s: (e, t) for s, t, e in staged if s != stem}
+    for other, other_entry in manifest.items():
+        path = out_dir / Path(str(other_entry.get("file", ""))).name
+        if other not in candidates and other != stem and plain(other_entry.get("config")) == wanted and path.is_file():
+            candidates[other] = (other_entry, lambda path=path: torch.load(path, map_location="cpu", weights_only=True))
+    for other, (other_entry, other_tensors) in sorted(candidates.items()):
+        if plain(other_entry.get("config")) != wanted or other_entry.get("tokenizer_weights"):
+            continue
+        theirs = other_tensors() if callable(other_tensors) else other_tensors
+        same = theirs.keys() == own.keys() and all(
+            theirs[k].dtype == v.dtype and torch.equal(theirs[k], v) for k, v in own.items()
+        )
+        if same:
+            kept = {k: v for k, v in tensors.items() if not k.startswith("tokenizer.")}
+            return stem, kept, {**entry, "tokenizer_weights": other}
+    return stem, tensors, entry
 
 
 def _commit(moves: list, manifest_path: Path):
@@ -239,6 +268,8 @@ def check_entry(entry) -> str | None:
         return f"file must be a .pt file name in the folder, got {entry['file']!r:.60}"
     if entry["step"] < 0:
         return f"step must be >= 0, got {entry['step']}"
+    if not isinstance(entry.get("tokenizer_weights", ""), str):
+        return f"tokenizer_weights must be the stem of a shipped tokenizer, got {entry['tokenizer_weights']!r:.60}"
     for key, series in entry["history"].items():
         numbers = isinstance(series, list) and all(isinstance(x, (int, float)) for x in series)
         if key != "precision" and not numbers and not (key == "seconds" and isinstance(series, (int, float))):
@@ -264,23 +295,47 @@ def describe(stem: str, entry: dict) -> str:
     return f"{preset}weights {stem} (trained {entry.get('step')} steps{took}{where})"
 
 
+def _file(stem: str, entry: dict) -> Path:
+    return weights_dir() / Path(str(entry.get("file") or f"{stem}.pt")).name  # never a path out of the folder
+
+
+def _unusable(path: Path, entry: dict, whose: str = "") -> str | None:
+    """Why the shipped file at `path` cannot be used for `entry` (missing, or not the file it names), or None;
+    `whose` names the file in the reason when it is not the model's own."""
+    if not path.is_file():
+        return f"{whose}{path.name} is missing" if whose else "the file is missing"
+    if sha256(path) != entry.get("sha256"):
+        return (
+            f"the SHA-256 of {whose}{path.name} does not match the manifest"
+            if whose
+            else ("its SHA-256 does not match the manifest")
+        )
+    return None
+
+
 def load_shipped(model: nn.Module, stem: str, min_steps: int = 0) -> dict | None:
     """Load the weights shipped for `stem` into `model` and return their training history; None when none are
     shipped or they do not fit (the reason printed in one line naming the file). Never raises for a bad file."""
     entry = shipped(stem)
     if entry is None:
         return None
-    path = weights_dir() / Path(str(entry.get("file") or f"{stem}.pt")).name  # never a path out of the folder
+    path = _file(stem, entry)
     try:  # the first problem found, before anything is loaded
         step = int(entry.get("step") or 0)
+        shared = entry.get("tokenizer_weights")  # its tokenizer's tensors live in that tokenizer's own file
+        shared_entry = shipped(shared) if shared else None
         reason = (
             mismatch(model, entry.get("model"), entry.get("config"))
             or (f"trained {step} steps, fewer than the {min_steps} asked for" if step < min_steps else None)
-            or (None if path.is_file() else "the file is missing")
-            or (None if sha256(path) == entry.get("sha256") else "its SHA-256 does not match the manifest")
+            or _unusable(path, entry)
+            or (f"its tokenizer's weights {shared!r} are not shipped" if shared and shared_entry is None else None)
+            or (_unusable(_file(shared, shared_entry), shared_entry, "its tokenizer's file ") if shared else None)
         )
         if reason is None:
             weights, own = torch.load(path, map_location="cpu", weights_only=True), model.state_dict()
+            if shared and isinstance(weights, dict):
+                tokenizer = torch.load(_file(shared, shared_entry), map_location="cpu", weights_only=True)
+                weights.update({f"tokenizer.{k}": v for k, v in tokenizer.items()})
             shapes = lambda state: {k: v.shape for k, v in state.items()}
             if not isinstance(weights, dict) or shapes(weights) != shapes(own):
                 reason = "its tensor names or shapes are not this model's"

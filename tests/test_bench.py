@@ -89,6 +89,18 @@ def test_bench_times_mar_with_its_transformer_and_head_passes():
     assert "800 head calls" in bench.format_report(report)
 
 
+def test_bench_times_flowar_and_xar_beside_mar():
+    report = bench.run(paradigms=["mar", "flowar", "xar"], preset="smoke", batches=[2], repeats=1, device="cpu")
+    rows = {(r["paradigm"], r["variant"]): r for r in report["rows"]}
+    # FlowAR: one transformer pass per scale (1, 2, 4, 7), one head call per flow step and scale
+    assert (rows["flowar", "25 steps"]["passes"], rows["flowar", "25 steps"]["head_passes"]) == (4, 100)
+    assert (rows["flowar", "10 steps"]["passes"], rows["flowar", "10 steps"]["head_passes"]) == (4, 40)
+    # xAR: no head; one pass for the class, one per flow step, one per finished entity written into the cache
+    assert rows["xar", "25 steps"]["passes"] == 1 + 4 * 25 + 3
+    ratios = {r["ratio"] for r in report["ratios"]}
+    assert {"FlowAR 25 steps vs MAR K=16 S=50", "xAR 25 steps vs MAR K=16 S=50"} <= ratios
+
+
 def test_bench_scores_trained_models_and_finds_notebook_checkpoints(tmp_path):
     from minigen import registry
     from minigen.data import data_dir
@@ -163,7 +175,7 @@ def test_notebook_models_are_found_as_the_notebooks_found_them(tmp_path, monkeyp
     assert where == "shipped:07_draft_smoke"
     for a, b in zip(model.state_dict().values(), source.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-2)  # fp16 copies of the same weights
-    assert bench.weights_record(where)["step"] == recipe["steps"]
+    assert registry.weights_record(where)["step"] == recipe["steps"]
 
     unfinished = data_dir() / "07_draft_smoke.pt"  # an interrupted notebook run: not the notebook's model
     save_checkpoint(unfinished, registry.recipe("draft", "smoke")["model"], step=recipe["steps"] - 1)
@@ -172,7 +184,7 @@ def test_notebook_models_are_found_as_the_notebooks_found_them(tmp_path, monkeyp
 
     save_checkpoint(unfinished, source, step=recipe["steps"])  # a finished checkpoint comes first
     model, where = bench.build("draft", "smoke", {}, "cpu", models="notebooks")
-    assert where == str(unfinished) and bench.weights_record(where)["step"] == recipe["steps"]
+    assert where == str(unfinished) and registry.weights_record(where)["step"] == recipe["steps"]
     unfinished.unlink()
 
     monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(tmp_path / "none"))  # neither: trained now, and it says so

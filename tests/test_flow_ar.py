@@ -180,3 +180,40 @@ def test_guidance_at_scale_one_is_plain_conditional_sampling(cls, force_guidance
         3, labels, flow_steps=3, cfg_scale=3.0, generator=torch.Generator().manual_seed(0), return_tokens=True
     )
     assert not torch.allclose(other, plain, atol=1e-3)  # and guidance above 1 changes the samples
+
+
+# --- step counts and the recorded flow ---
+
+
+@pytest.mark.parametrize("cls", [FlowAR, XAR])
+def test_step_counts_per_scale_and_the_recorded_paths(cls):
+    """One step count per scale changes exactly the calls it should, and the trace's paths run from the noise
+    drawn to the tokens returned, one state per time visited."""
+    model = small(cls)
+    labels = torch.tensor([2, 8])
+    tokens, trace = model.sample(
+        2,
+        labels,
+        flow_steps=(4, 3, 2, 1),
+        return_trace=True,
+        return_tokens=True,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert [len(p) for p in trace["paths"]] == [5, 4, 3, 2]
+    g = torch.Generator().manual_seed(3)
+    noise = [torch.randn(2, size, 3, generator=g) for size in model.sizes]  # the draws sample made, in order
+    for path, first, last in zip(trace["paths"], noise, trace["maps"]):
+        torch.testing.assert_close(path[0], first)
+        torch.testing.assert_close(path[-1], last.flatten(1, 2))
+    torch.testing.assert_close(trace["maps"][-1], tokens)
+    if cls is FlowAR:  # head calls: one per Euler step, 2 s - 1 per Heun run of s steps
+        assert trace["head_passes"] == 10
+        assert (
+            model.sample(1, labels[:1], flow_steps=(4, 3, 2, 1), method="heun", return_trace=True)[1]["head_passes"]
+            == 7 + 5 + 3 + 1
+        )
+    else:  # one pass for the class, one per flow step, one per finished entity written into the cache
+        assert trace["passes"] == 1 + 10 + 3
+    for bad in ((4, 3, 2), (4, 3, 2, 0), 0, (1.5, 1, 1, 1)):
+        with pytest.raises(ValueError, match="flow_steps"):
+            model.sample(1, labels[:1], flow_steps=bad)

@@ -215,3 +215,77 @@ def test_a_config_with_tuples_survives_the_json_manifest(tmp_path, monkeypatch):
     model = load_model_shipped("04_msvq_smoke", "cpu")
     assert model is not None and model.config == recipe["model"].config
     assert isinstance(model.config.scales, tuple)
+
+
+# --- a token model's tokenizer ships once ---
+
+
+@pytest.fixture(scope="module")
+def token_model_checkpoints(tmp_path_factory):
+    """An autoencoder exported as notebook 06 ships it, and a FlowAR trained on top of the shipped copy, as
+    notebook 11 trains it: the FlowAR checkpoint carries the autoencoder's tensors under "tokenizer."."""
+    from minigen.flow_ar import FlowAR
+    from minigen.tokenizers import AEConfig, ContinuousAE
+
+    folder = tmp_path_factory.mktemp("token_models")
+    torch.manual_seed(0)
+    images = torch.utils.data.TensorDataset(torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    fit(ContinuousAE(AEConfig(channels=8, n_res=1, latent_dim=3)), make_loader(images, 16), steps=STEPS,
+        ema_decay=0.9, progress=False, checkpoint=folder / "06_ae_cpu.pt")  # fmt: skip
+    ae = ContinuousAE(AEConfig(channels=8, n_res=1, latent_dim=3))
+    shipped_ae = folder / "shipped_ae"
+    weights.export([folder / "06_ae_cpu.pt"], shipped_ae)
+    ae.load_state_dict({k: v.float() for k, v in torch.load(shipped_ae / "06_ae_cpu.pt", weights_only=True).items()})
+    flow = FlowAR.from_tokenizer(ae, n_layer=1, n_head=2, n_embd=16, head_width=16, head_depth=1)
+    fit(flow, make_loader(images, 16), steps=STEPS, ema_decay=0.9, progress=False, checkpoint=folder / "11_flow_cpu.pt")
+    return folder
+
+
+def test_a_token_model_names_its_shipped_tokenizer_instead_of_copying_it(
+    token_model_checkpoints, tmp_path, monkeypatch
+):
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    weights.export([token_model_checkpoints / "06_ae_cpu.pt", token_model_checkpoints / "11_flow_cpu.pt"], together)
+    weights.export([token_model_checkpoints / "11_flow_cpu.pt"], alone)  # no tokenizer there: it keeps its copy
+    entry = json.loads((together / weights.MANIFEST).read_text())["11_flow_cpu"]
+    assert entry["tokenizer_weights"] == "06_ae_cpu"
+    stored = torch.load(together / "11_flow_cpu.pt", weights_only=True)
+    assert stored and not any(k.startswith("tokenizer.") for k in stored)
+    assert "tokenizer_weights" not in json.loads((alone / weights.MANIFEST).read_text())["11_flow_cpu"]
+    assert (together / "11_flow_cpu.pt").stat().st_size < (alone / "11_flow_cpu.pt").stat().st_size
+    loaded = {}
+    for folder in (together, alone):
+        monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(folder))
+        loaded[folder] = load_model_shipped("11_flow_cpu").state_dict()
+    assert loaded[together].keys() == loaded[alone].keys()
+    assert all(torch.equal(v, loaded[alone][k]) for k, v in loaded[together].items())
+    # exported later, into a folder that already ships the tokenizer: shared too
+    weights.export([token_model_checkpoints / "11_flow_cpu.pt"], together)
+    assert json.loads((together / weights.MANIFEST).read_text())["11_flow_cpu"]["tokenizer_weights"] == "06_ae_cpu"
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "06_ae_cpu.pt").unlink(), "its tokenizer's file 06_ae_cpu.pt is missing"),
+        (lambda d: (d / "06_ae_cpu.pt").write_bytes(b"not a tensor file"), "SHA-256 of its tokenizer's file"),
+    ],
+)
+def test_a_missing_or_damaged_shared_tokenizer_is_reported_in_one_line(
+    token_model_checkpoints, tmp_path, monkeypatch, capsys, damage, reason
+):
+    folder = tmp_path / "pretrained"
+    weights.export([token_model_checkpoints / "06_ae_cpu.pt", token_model_checkpoints / "11_flow_cpu.pt"], folder)
+    damage(folder)
+    monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(folder))
+    assert load_model_shipped("11_flow_cpu") is None
+    assert reason in capsys.readouterr().out
+
+
+def test_a_tokenizer_that_changed_keeps_its_own_copy(token_model_checkpoints, tmp_path):
+    state = read_checkpoint(token_model_checkpoints / "11_flow_cpu.pt")
+    key = next(k for k in state["ema"] if k.startswith("tokenizer.") and state["ema"][k].is_floating_point())
+    state["ema"][key] = state["ema"][key] + 1.0  # a fine-tuned tokenizer is not the shipped one
+    torch.save(state, tmp_path / "11_tuned_cpu.pt")
+    weights.export([token_model_checkpoints / "06_ae_cpu.pt", tmp_path / "11_tuned_cpu.pt"], tmp_path / "out")
+    assert "tokenizer_weights" not in json.loads((tmp_path / "out" / weights.MANIFEST).read_text())["11_tuned_cpu"]
