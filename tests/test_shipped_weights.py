@@ -45,7 +45,8 @@ def notebook_stems():
     for nb in sorted((ROOT / "notebooks").glob("[01][0-9]_*.ipynb")):
         if nb.name[:2] in ("08", "09", "10"):
             continue
-        source = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+        cells = json.loads(nb.read_text())["cells"]
+        source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")  # not an exercise's hint
         for stem in re.findall(r'data_dir\(\) / f"(\w+?)_\{PRESET\}\.pt"', source):
             stems.add(f"{stem}_cpu")
     # notebook 02 trains two tokenizers in a loop: data_dir() / f"02_{name}_{PRESET}.pt"

@@ -2,7 +2,7 @@
 
 On one CUDA GPU it runs, each step with its own time limit:
   1. the device-dependent tests (tests/test_device.py, tests/test_precision.py) on that device;
-  2. every notebook 00-10 in the smoke preset under nbval, as CI runs them, on that device;
+  2. every notebook in the smoke preset under nbval, as CI runs them, on that device;
   3. `python -m minigen.bench --compile` for the token GPT (eager, KV cache, compiled: CUDA graphs);
   4. one gpu-preset training run of the token GPT, timed (on the shipped VQ tokenizer, so it times the GPT alone);
 and writes a short Markdown report (GPU, torch, each step's result and time, the bench table, the training time)
