@@ -51,6 +51,7 @@ MODELS = {
     "pixelcnn": Entry("minigen.pixel_ar", "GatedPixelCNN", "generator"),
     "vq": Entry("minigen.tokenizers", "VQVAE", "tokenizer"),
     "token": Entry("minigen.token_ar", "TokenGPT", "generator"),
+    "nar": Entry("minigen.neighbour_ar", "NAR", "generator"),  # next-neighbour AR on the token GPT's tokens
     "maskgit": Entry("minigen.masked_ar", "MaskGIT", "generator"),
     "msvq": Entry("minigen.tokenizers", "MultiScaleVQ", "tokenizer", presets="MSVQ_PRESETS"),
     "var": Entry("minigen.scale_ar", "VAR", "generator"),
