@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -101,3 +102,17 @@ def unwritable(tmp_path):
     yield folder
     if folder != Path("/sys/kernel"):
         folder.chmod(0o755)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """A real SIGINT raises KeyboardInterrupt in the tests that send one, also where pytest was started as a
+    background job: a non-interactive shell starts those with SIGINT ignored, and Python then installs no handler."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
