@@ -144,6 +144,9 @@ def export(
             tmp = write_atomically(out_dir / f".{stem}.export.pt", lambda t, tensors=tensors: torch.save(tensors, t))
             manifest[stem] = {"file": final.name, "sha256": sha256(tmp), **entry}
             moves.append((tmp, final))
+        for entry in manifest.values():  # a tokenizer exported alongside: its digest is known now
+            if entry.get("tokenizer_weights") and not entry.get("tokenizer_sha256"):
+                entry["tokenizer_sha256"] = manifest[entry["tokenizer_weights"]]["sha256"]
         # one line per model: a re-export shows in git as the lines of the models that changed
         lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(manifest.items()))
         text = "{\n" + lines + "\n}\n" if lines else "{}\n"
@@ -181,7 +184,8 @@ def _share_tokenizer(stem, tensors: dict, entry: dict, staged: list, manifest: d
         )
         if same:
             kept = {k: v for k, v in tensors.items() if not k.startswith("tokenizer.")}
-            return stem, kept, {**entry, "tokenizer_weights": other}
+            # the tokenizer file's digest (filled in by export when it is written in the same export)
+            return stem, kept, {**entry, "tokenizer_weights": other, "tokenizer_sha256": other_entry.get("sha256")}
     return stem, tensors, entry
 
 
@@ -270,6 +274,8 @@ def check_entry(entry) -> str | None:
         return f"step must be >= 0, got {entry['step']}"
     if not isinstance(entry.get("tokenizer_weights", ""), str):
         return f"tokenizer_weights must be the stem of a shipped tokenizer, got {entry['tokenizer_weights']!r:.60}"
+    if entry.get("tokenizer_weights") and not isinstance(entry.get("tokenizer_sha256"), str):
+        return "tokenizer_weights needs the tokenizer file's tokenizer_sha256"
     for key, series in entry["history"].items():
         numbers = isinstance(series, list) and all(isinstance(x, (int, float)) for x in series)
         if key != "precision" and not numbers and not (key == "seconds" and isinstance(series, (int, float))):
@@ -330,6 +336,11 @@ def load_shipped(model: nn.Module, stem: str, min_steps: int = 0) -> dict | None
             or _unusable(path, entry)
             or (f"its tokenizer's weights {shared!r} are not shipped" if shared and shared_entry is None else None)
             or (_unusable(_file(shared, shared_entry), shared_entry, "its tokenizer's file ") if shared else None)
+            or (
+                f"its tokenizer's weights {shared!r} changed since it was exported (export it again)"
+                if shared and shared_entry.get("sha256") != entry.get("tokenizer_sha256")
+                else None
+            )
         )
         if reason is None:
             weights, own = torch.load(path, map_location="cpu", weights_only=True), model.state_dict()

@@ -282,6 +282,21 @@ def test_a_missing_or_damaged_shared_tokenizer_is_reported_in_one_line(
     assert reason in capsys.readouterr().out
 
 
+def test_a_shared_tokenizer_exported_again_with_other_weights_is_reported(
+    token_model_checkpoints, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "pretrained"
+    weights.export([token_model_checkpoints / "06_ae_cpu.pt", token_model_checkpoints / "11_flow_cpu.pt"], folder)
+    state = read_checkpoint(token_model_checkpoints / "06_ae_cpu.pt")
+    key = next(k for k in state["ema"] if state["ema"][k].is_floating_point())
+    state["ema"][key] = state["ema"][key] + 1.0  # the autoencoder retrained, and exported again alone
+    torch.save(state, tmp_path / "06_ae_cpu.pt")
+    weights.export([tmp_path / "06_ae_cpu.pt"], folder)
+    monkeypatch.setenv("MINIGEN_WEIGHTS_DIR", str(folder))
+    assert load_model_shipped("11_flow_cpu") is None  # not silently on a tokenizer it was not trained with
+    assert "changed since it was exported" in capsys.readouterr().out
+
+
 def test_a_tokenizer_that_changed_keeps_its_own_copy(token_model_checkpoints, tmp_path):
     state = read_checkpoint(token_model_checkpoints / "11_flow_cpu.pt")
     key = next(k for k in state["ema"] if k.startswith("tokenizer.") and state["ema"][k].is_floating_point())
