@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigen.diffusion_ar import PRESETS as MAR_PRESETS
 from minigen.diffusion_ar import AdaLNBlock, timestep_embedding
 from minigen.nn import (
     Attention,
@@ -179,6 +180,14 @@ class ScaleModel(OnTokenizer, nn.Module):
         """A training batch's labels, or None for an unconditional model or a batch of images alone."""
         return batch[1] if isinstance(batch, (list, tuple)) and self.n_classes else None
 
+    def start_sampling(self, n: int, labels, flow_steps, temperature: float, cfg_scale: float):
+        """What both samplers check and set up first: (step counts per scale, labels, whether the rows are doubled
+        for guidance, rows, device)."""
+        check_sampling_args(temperature, cfg_scale=cfg_scale)
+        counts = steps_per_scale(flow_steps, len(self.scales))
+        labels, doubled = self.class_emb.sampling_labels(n, labels, cfg_scale)
+        return counts, labels, doubled, 2 * n if doubled else n, self.level_emb.device
+
     def finish(self, maps, paths, return_tokens: bool, return_trace: bool, passes: int, head_passes: int):
         """What sample returns from the generated scales `maps` (and each one's flow `paths`): the last scale's
         tokens or images, and the trace."""
@@ -247,11 +256,7 @@ class FlowAR(ScaleModel):
         velocity. return_trace=True also returns {"maps": every scale's tokens, "frames": images decoded from each
         scale upsampled, "paths": each scale's states (steps + 1, n, s^2, D), noise first, "passes": transformer
         passes, "head_passes": sequential head calls}."""
-        check_sampling_args(temperature, cfg_scale=cfg_scale)
-        counts = steps_per_scale(flow_steps, len(self.scales))
-        device = self.level_emb.device
-        labels, doubled = self.class_emb.sampling_labels(n, labels, cfg_scale)
-        rows = 2 * n if doubled else n
+        counts, labels, doubled, rows, device = self.start_sampling(n, labels, flow_steps, temperature, cfg_scale)
         maps, paths = [], []
         with eval_mode(self):
             cache = self.transformer.new_cache(rows)
@@ -366,11 +371,7 @@ class XAR(ScaleModel):
         `flow_steps` steps (or one count per entity; Heun: about twice the passes) is one transformer pass over the
         entity being drawn, from noise (times `temperature`) to tokens, guided on the velocity. Returns like
         FlowAR.sample."""
-        check_sampling_args(temperature, cfg_scale=cfg_scale)
-        counts = steps_per_scale(flow_steps, len(self.scales))
-        device = self.level_emb.device
-        labels, doubled = self.class_emb.sampling_labels(n, labels, cfg_scale)
-        rows = 2 * n if doubled else n
+        counts, labels, doubled, rows, device = self.start_sampling(n, labels, flow_steps, temperature, cfg_scale)
         maps, paths, passes = [], [], 1
         with eval_mode(self):
             cache = self.transformer.new_cache(rows)
@@ -406,25 +407,9 @@ def draw_noise(shape, temperature: float, generator, device) -> torch.Tensor:
     return temperature * torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
-PRESETS = {  # FlowAR, sized like MAR's presets (notebook 06) so that the two compare at one budget
-    "smoke": dict(
-        config=dict(n_layer=1, n_head=2, n_embd=32, head_width=32, head_depth=1), steps=30, batch_size=32, lr=2e-3
-    ),
-    "cpu": dict(
-        config=dict(n_layer=4, n_head=4, n_embd=128, head_width=128, head_depth=2),
-        steps=3000,
-        batch_size=32,
-        lr=2e-3,
-        ema=0.998,
-    ),
-    "gpu": dict(
-        config=dict(n_layer=8, n_head=8, n_embd=256, head_width=256, head_depth=3),
-        steps=12000,
-        batch_size=128,
-        lr=1e-3,
-        ema=0.9995,
-    ),
-}
+# FlowAR: MAR's presets (notebook 06), so that the two compare at one budget, with a two-block head at the cpu
+# preset (its blocks also attend across the scale, so two keep the parameter count at MAR's)
+PRESETS = {**MAR_PRESETS, "cpu": {**MAR_PRESETS["cpu"], "config": {**MAR_PRESETS["cpu"]["config"], "head_depth": 2}}}
 XAR_PRESETS = {  # xAR has no head: a wider or deeper transformer spends the same parameters
     "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3),
     "cpu": dict(config=dict(n_layer=6, n_head=4, n_embd=128), steps=3000, batch_size=32, lr=2e-3, ema=0.998),

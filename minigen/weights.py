@@ -308,14 +308,11 @@ def _file(stem: str, entry: dict) -> Path:
 def _unusable(path: Path, entry: dict, whose: str = "") -> str | None:
     """Why the shipped file at `path` cannot be used for `entry` (missing, or not the file it names), or None;
     `whose` names the file in the reason when it is not the model's own."""
+    what = f"{whose}{path.name}" if whose else "the file"
     if not path.is_file():
-        return f"{whose}{path.name} is missing" if whose else "the file is missing"
+        return f"{what} is missing"
     if sha256(path) != entry.get("sha256"):
-        return (
-            f"the SHA-256 of {whose}{path.name} does not match the manifest"
-            if whose
-            else ("its SHA-256 does not match the manifest")
-        )
+        return f"{'the SHA-256 of ' + what if whose else 'its SHA-256'} does not match the manifest"
     return None
 
 
