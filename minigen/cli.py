@@ -85,6 +85,11 @@ def train(
         raise ValueError(f"--steps must be an integer >= 0, got {steps}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"--n must be a positive integer, got {n}")
+    if registry.kind(name) == "student":
+        raise ValueError(
+            f"{name} learns from a teacher's samples, not from images: notebook 12 trains it "
+            "(minigen.distilled.TeacherPairs and train_or_load); `python -m minigen sample` draws from its checkpoint"
+        )
     if registry.kind(name) == "series" and (resume or precision is not None):
         raise ValueError(f"{name} trains in seconds in fp32: --resume and --precision do not apply to it")
     device = pick_device(device)

@@ -3,14 +3,26 @@
 Each token is drawn by a flow, not a die: Gaussian noise in the codebook's space flows along straight paths to the
 code embeddings, weighted by the AR teacher's categorical, and the velocity of that flow has a closed form. Given
 the noise, the teacher's sampling is deterministic (noise -> image); a student can learn that map in one pass.
-This file holds the flow and the teacher map (issue 30; the students come with notebook 12).
+A student reads the whole noise sequence at once (full attention) and predicts every token; for two steps it
+also learns the trajectory's midpoint, the first tokens known and the rest still noise.
 """
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+from dataclasses import dataclass, field
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
+from minigen.sampling import check_labels
 from minigen.speculative import make_decoder
+from minigen.token_ar import TokenModelConfig
+from minigen.tokenizers import OnTokenizer, VQConfig
+
+TOKENIZER = "vq"
 
 
 def code_embeddings(codebook: torch.Tensor) -> torch.Tensor:
@@ -81,3 +93,180 @@ def teacher_map(
     finally:
         teacher.train(was_training)
     return torch.stack(tokens, 1)  # (n, L)
+
+
+@torch.no_grad()
+def make_pairs(
+    teacher, n: int, *, batch: int = 500, steps: int = 16, seed: int = 0, progress: bool = False, **sampling
+):
+    """The distillation set: n class-balanced (noise (n, L, D), labels (n,), tokens (n, L)) triples, tokens =
+    teacher_map(noise). Noise is drawn on the CPU from `seed`, so the same call gives the same set anywhere."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"n and batch must be positive, got {n}, {batch}")
+    codes = code_embeddings(teacher.tokenizer.quantizer.codebook.weight.detach().float().cpu())
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, teacher.seq_len, codes.shape[1], generator=g)  # (n, L, D)
+    labels = torch.arange(n) % teacher.n_classes if teacher.n_classes else None
+    device = next(teacher.parameters()).device
+    tokens = []
+    for start in progress_bar(range(0, n, batch), progress, desc="teacher pairs"):
+        y = None if labels is None else labels[start : start + batch].to(device)
+        tokens.append(
+            teacher_map(teacher, noise[start : start + batch].to(device), y, codes.to(device), steps, **sampling).cpu()
+        )
+    return noise, labels, torch.cat(tokens)
+
+
+class TeacherPairs(torch.utils.data.Dataset):
+    """make_pairs as a dataset, made on the first item asked for: a notebook that finds finished or shipped
+    student weights never pays for the teacher's sampling."""
+
+    def __init__(self, teacher, n: int, **pair_kwargs):
+        self.teacher, self.n, self.pair_kwargs, self.pairs = teacher, n, pair_kwargs, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if self.pairs is None:
+            self.pairs = make_pairs(self.teacher, self.n, **self.pair_kwargs)
+        noise, labels, tokens = self.pairs
+        return noise[i], labels[i], tokens[i]
+
+
+@dataclass
+class DDConfig(TokenModelConfig):
+    tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
+    class_drop: float = 0.0  # no guidance: the teacher's (if any) is inside the pairs
+    prefix: int = 21  # two-step sampling keeps the first `prefix` tokens of step 1 (3 of 7 rows) and redraws the rest
+    two_step_share: float = 0.5  # share of training rows shown the midpoint (prefix known) instead of pure noise
+    teacher_cfg_scale: float = 1.0  # the guidance the teacher sampled with when its pairs were made: a record
+
+
+class DDStudent(OnTokenizer, nn.Module):
+    """One pass from a noise sequence (and the class) to all L tokens: a transformer with full attention over
+    [class | L inputs], each input a noise vector (still to be drawn) or a known token's code embedding.
+
+    The teacher map sends noise (eps_1 .. eps_L) through the states (c_1 .. c_k, eps_k+1 .. eps_L), k = 1 .. L:
+    the first k tokens drawn, the rest still noise, and the tokens after k depend on that state alone. So one
+    network learns both the jump from k = 0 (one step) and from the midpoint k = prefix (the second step)."""
+
+    Config = DDConfig
+
+    def __init__(self, config: DDConfig):
+        super().__init__()
+        self.config, self.n_classes = config, config.n_classes
+        self.attach_tokenizer(VQConfig(**config.tokenizer))
+        if not 0 < config.prefix < self.seq_len:
+            raise ValueError(f"prefix must lie in 1 .. {self.seq_len - 1}, got {config.prefix}")
+        self.code_dim = self.tokenizer.quantizer.codebook.weight.shape[1]
+        cfg = TransformerConfig(
+            config.n_layer, config.n_head, config.n_embd, 1 + self.seq_len, "learned", config.dropout
+        )
+        self.transformer = Transformer(cfg)
+        self.class_emb = ClassEmbedding(config.n_classes, config.n_embd, config.class_drop)
+        self.input_proj = nn.Linear(self.code_dim, config.n_embd)
+        self.known_emb = nn.Embedding(2, config.n_embd)  # noise or a known token: the norm alone would not say
+        self.head = nn.Linear(config.n_embd, self.vocab_size)
+
+    def codes(self) -> torch.Tensor:
+        return code_embeddings(self.tokenizer.quantizer.codebook.weight.float())  # (V, D)
+
+    def midpoint(self, noise: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state after `prefix` tokens: their code embeddings, then the rest of the noise (B, L, D), and
+        which places are known (B, L)."""
+        known = (torch.arange(self.seq_len, device=noise.device) < self.config.prefix).expand(len(noise), -1)
+        return torch.where(known[..., None], self.codes()[tokens], noise), known  # (B, L, D), (B, L)
+
+    def forward(self, x: torch.Tensor, known: torch.Tensor, labels=None) -> torch.Tensor:
+        """States x (B, L, D) with known (B, L) -> logits (B, L, V) of the teacher's tokens."""
+        if x.dim() != 3 or tuple(x.shape[1:]) != (self.seq_len, self.code_dim):
+            raise ValueError(f"expected states (B, {self.seq_len}, {self.code_dim}), got {tuple(x.shape)}")
+        start = self.class_emb(labels if self.n_classes else None, batch=len(x))[:, None]  # (B, 1, C)
+        h = self.input_proj(x) + self.known_emb(known.long())  # (B, L, C)
+        h = self.transformer(torch.cat([start, h], 1), mask="full")  # (B, 1 + L, C)
+        return self.head(h[:, 1:])  # (B, L, V)
+
+    def loss(self, batch) -> torch.Tensor:
+        """Cross-entropy against the teacher's tokens: from pure noise, or (a two_step_share of rows) from the
+        midpoint, scored on the tokens still to draw."""
+        noise, labels, tokens = batch
+        tokens = self.tokenizer.check_tokens(tokens.view(-1, self.grid, self.grid)).flatten(1)  # (B, L)
+        mid, known = self.midpoint(noise, tokens)
+        use_mid = torch.rand(len(noise), device=noise.device) < self.config.two_step_share  # (B,)
+        x = torch.where(use_mid[:, None, None], mid, noise)  # (B, L, D)
+        known = known & use_mid[:, None]  # (B, L)
+        ce = F.cross_entropy(self(x, known, labels).transpose(1, 2), tokens, reduction="none")  # (B, L)
+        return (ce * ~known).sum() / (~known).sum()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        *,
+        steps: int = 1,
+        generator=None,
+        progress: bool = False,
+        return_trace: bool = False,
+        return_tokens: bool = False,
+    ):
+        """n images in `steps` (1 or 2) passes: noise -> all tokens; with two, keep the first `prefix` tokens,
+        put them in place of their noise and draw the rest again. return_trace=True also returns {"tokens"
+        after each pass, "passes"}."""
+        if steps not in (1, 2):
+            raise ValueError(f"steps must be 1 or 2, got {steps!r}")
+        device = self.head.weight.device
+        labels, _ = self.class_emb.sampling_labels(n, labels) if self.n_classes else (None, False)
+        noise = torch.randn(n, self.seq_len, self.code_dim, generator=generator).to(device)  # (n, L, D)
+        with eval_mode(self):
+            known = torch.zeros(n, self.seq_len, dtype=torch.bool, device=device)
+            passes = [self(noise, known, labels).argmax(-1)]  # (n, L)
+            for _ in progress_bar(range(steps - 1), progress, desc="second pass"):
+                x, known = self.midpoint(noise, passes[-1])
+                passes.append(torch.where(known, passes[-1], self(x, known, labels).argmax(-1)))
+        tokens = passes[-1]
+        out = tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
+        if not return_trace:
+            return out
+        return out, {"tokens": torch.stack(passes).cpu(), "passes": steps}
+
+
+class MarginalBaseline(OnTokenizer, nn.Module):
+    """The one-step baseline DD's paper shows failing: every token drawn at once and independently, from its
+    place's marginal given the class, counted on the training tokens. The best any independent model can do."""
+
+    def __init__(self, tokenizer_config: VQConfig, n_classes: int = 10):
+        super().__init__()
+        self.attach_tokenizer(tokenizer_config)
+        self.n_classes = n_classes
+        self.register_buffer("probs", torch.full((n_classes, self.seq_len, self.vocab_size), 1 / self.vocab_size))
+
+    def fit(self, tokens: torch.Tensor, labels: torch.Tensor) -> MarginalBaseline:
+        """Per-class, per-place token frequencies of tokens (N, L) or (N, g, g) with labels (N,)."""
+        tokens = self.to_tokens(tokens)  # (N, L)
+        counts = torch.zeros_like(self.probs)  # (K, L, V)
+        places = torch.arange(self.seq_len).expand_as(tokens)
+        counts.index_put_((labels.long(), places, tokens), torch.ones(tokens.shape), accumulate=True)
+        self.probs = counts / counts.sum(-1, keepdim=True).clamp_min(1)
+        return self
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, *, generator=None, return_tokens: bool = False, **_):
+        labels = torch.arange(n) % self.n_classes if labels is None else check_labels(labels, self.n_classes, n).cpu()
+        probs = self.probs[labels].flatten(0, 1).cpu()  # (n * L, V)
+        tokens = torch.multinomial(probs, 1, generator=generator).view(n, self.seq_len).to(self.probs.device)
+        return tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
+
+
+PRESETS = {  # the teacher's size (notebook 03), so that a pass costs the same
+    "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3, pairs=64),
+    "cpu": dict(
+        config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=64, lr=1e-3, ema=0.998, pairs=20000
+    ),
+    "gpu": dict(
+        config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999, pairs=100000
+    ),
+}
+DATA = None  # trained on the teacher's (noise, tokens) pairs, not on images: make_pairs
+TEACHER = "token"

@@ -79,21 +79,22 @@ class NAR(OnTokenizer, nn.Module):
                 k = r * g + c
                 left[k] = 0 if k == 0 else (1 + place[k - 1] if c > 0 else -1)
                 up[k] = 1 + place[k - g] if r > 0 else -1
-        self.register_buffer("left_parent", left, persistent=False)
-        self.register_buffer("up_parent", up, persistent=False)
+        self.register_buffer("left_parent", left.clamp(min=0), persistent=False)
+        self.register_buffer("up_parent", up.clamp(min=0), persistent=False)
+        # each head's weight in a token's logits: 1 for its only parent, 1/2 each where it has two, 0 for none
+        has_left, has_up = (left >= 0).float(), (up >= 0).float()
+        self.register_buffer("left_weight", has_left / (has_left + has_up), persistent=False)
+        self.register_buffer("up_weight", has_up / (has_left + has_up), persistent=False)
 
     def logits_from(self, h: torch.Tensor, positions: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Logits (B, N, V) of the raster tokens `positions` (N,) from transformer outputs h (B, T, C) that hold
         sequence places offset .. offset + T - 1: the right head at the left parent, the down head at the upper
         one, their mean where both exist."""
-        left, up = self.left_parent[positions] - offset, self.up_parent[positions] - offset  # (N,), (N,)
-        has_left, has_up = (self.left_parent[positions] >= 0), (self.up_parent[positions] >= 0)
-        from_left = self.heads["right"](h[:, left.clamp(min=0)])  # (B, N, V)
-        from_up = self.heads["down"](h[:, up.clamp(min=0)])  # (B, N, V)
-        both = (has_left & has_up)[:, None].float()  # (N, 1)
-        only_left = (has_left & ~has_up)[:, None].float()
-        only_up = (~has_left & has_up)[:, None].float()
-        return both * 0.5 * (from_left + from_up) + only_left * from_left + only_up * from_up
+        left = (self.left_parent[positions] - offset).clamp(min=0)  # (N,); a missing parent gets weight 0
+        up = (self.up_parent[positions] - offset).clamp(min=0)  # (N,)
+        from_left = self.heads["right"](h[:, left])  # (B, N, V)
+        from_up = self.heads["down"](h[:, up])  # (B, N, V)
+        return self.left_weight[positions, None] * from_left + self.up_weight[positions, None] * from_up
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Token grids (B, L) in raster order -> logits (B, L, V) in raster order; logits of token (i, j) see only

@@ -6,7 +6,9 @@ overrides, steps, batch size, learning rate, optional EMA decay), a data dict (a
 
 - "generator": draws images with `sample(n, labels, ...)`;
 - "tokenizer": encodes and decodes images (`evaluate`, `reconstruct`), the ground a token model stands on;
-- "series": a time-series model (AR-Net), trained by the CLI on a generated AR process.
+- "series": a time-series model (AR-Net), trained by the CLI on a generated AR process;
+- "student": draws images like a generator, but learns from a teacher generator's samples, not from images
+  (distilled decoding: its module names the teacher in `TEACHER`).
 
 A module whose models sit on a tokenizer (token_ar) names it in `TOKENIZER`; the CLI trains or reuses that one
 first. Registering a paradigm is one line in `MODELS` below.
@@ -26,7 +28,7 @@ from minigen.data import data_dir
 from minigen.train import pick_device
 from minigen.weights import load_shipped, model_key, shipped
 
-KINDS = ("generator", "tokenizer", "series")
+KINDS = ("generator", "tokenizer", "series", "student")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ MODELS = {
     "vq": Entry("minigen.tokenizers", "VQVAE", "tokenizer"),
     "token": Entry("minigen.token_ar", "TokenGPT", "generator"),
     "nar": Entry("minigen.neighbour_ar", "NAR", "generator"),  # next-neighbour AR on the token GPT's tokens
+    "dd": Entry("minigen.distilled", "DDStudent", "student"),  # distilled decoding: the token GPT in one or two passes
     "maskgit": Entry("minigen.masked_ar", "MaskGIT", "generator"),
     "msvq": Entry("minigen.tokenizers", "MultiScaleVQ", "tokenizer", presets="MSVQ_PRESETS"),
     "var": Entry("minigen.scale_ar", "VAR", "generator"),

@@ -50,7 +50,7 @@ def test_registry_recipes_exist_for_every_preset():
             assert hasattr(model, "sample") or hasattr(model, "reconstruct"), name
             kind = registry.kind(name)
             assert registry.kind_of(model) == kind and hasattr(model, "sample") == (kind != "tokenizer"), name
-            assert (registry.data_spec(name) is None) == (kind == "series"), name
+            assert (registry.data_spec(name) is None) == (kind in ("series", "student")), name
             if rec["tokenizer"]:  # the preset's tokenizer fits the model: same vocabulary, or same token width
                 tok_config = registry.recipe(rec["tokenizer"], preset)["model"].config
                 if model.vocab_size is None:
