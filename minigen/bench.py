@@ -5,7 +5,7 @@ side on one device in one process, so ratios are meaningful even where absolute 
 trained models): classifier FID and class accuracy of class-balanced samples (minigen.metrics: a digit-domain
 Frechet distance, not Inception FID) and the test NLL where the paradigm has a likelihood. Models come from
 --checkpoint NAME=PATH, else by --models: `fresh` (untrained weights of the preset's sizes: speed only, the work
-per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07 and 11 use, found as their
+per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07, 11 and 12 use, found as their
 train_or_load finds them: the finished checkpoint in data/, else the shipped weights; trained now, saying so, where
 neither is there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 """
@@ -57,6 +57,10 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
     "mar": Paradigm("MAR", "06_mar", MAR),
     "flowar": Paradigm("FlowAR", "11_flowar", (("25 steps", dict(flow_steps=25)), ("10 steps", dict(flow_steps=10)))),
     "xar": Paradigm("xAR (noisy context)", "11_xar", (("25 steps", dict(flow_steps=25)),)),
+    "nar": Paradigm("next-neighbour AR (NAR)", "12_nar", (("KV cache", {}),)),
+    "dd": Paradigm(
+        "distilled decoding (DD) of the token GPT", "12_dd", (("1 step", dict(steps=1)), ("2 steps", dict(steps=2)))
+    ),
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator)),
@@ -88,6 +92,8 @@ RATIOS = [
     ("mar: S=10 vs S=50 denoising steps", "mar", "K=16 S=50", "mar", "K=16 S=10"),
     ("FlowAR 25 steps vs MAR K=16 S=50", "mar", "K=16 S=50", "flowar", "25 steps"),
     ("xAR 25 steps vs MAR K=16 S=50", "mar", "K=16 S=50", "xar", "25 steps"),
+    ("NAR (13 passes) vs raster token GPT (KV cache)", "token", "KV cache", "nar", "KV cache"),
+    ("DD 1 step vs raster token GPT (KV cache)", "token", "KV cache", "dd", "1 step"),
 ] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
 RATIOS += [
     ("token: compiled vs eager (KV cache)", "token", "KV cache", "token", "compiled"),
@@ -111,11 +117,16 @@ def build(name: str, preset_name: str, checkpoints: dict, device, models: str = 
     if models == "fresh":
         seed_everything(0)
         return registry.recipe(name, preset_name)["model"].to(device).eval(), None
-    if models == "notebooks":
+    student = registry.kind(name) == "student"  # learns from its teacher's samples: only its notebook trains it
+    if models == "notebooks" or student:
         stem = f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}"
         found = registry.finished_weights(stem, registry.recipe(name, preset_name)["steps"], device)
         if found is not None:
             return found
+    if student:
+        print(f"{name}: no weights of its notebook ({stem}), which alone trains it: timing fresh weights")
+        seed_everything(0)
+        return registry.recipe(name, preset_name)["model"].to(device).eval(), None
     path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
     if models == "notebooks":
         print(f"{name}: no weights of its notebook ({NOTEBOOK_CHECKPOINTS[name]}_{preset_name}): using {path}")

@@ -3,8 +3,8 @@
 Each token is drawn by a flow, not a die: Gaussian noise in the codebook's space flows along straight paths to the
 code embeddings, weighted by the AR teacher's categorical, and the velocity of that flow has a closed form. Given
 the noise, the teacher's sampling is deterministic (noise -> image); a student can learn that map in one pass.
-A student reads the whole noise sequence at once (full attention) and predicts every token; for two steps it
-also learns the trajectory's midpoint, the first tokens known and the rest still noise.
+A student, started from the teacher's weights, reads the whole noise sequence in one pass and predicts every token;
+for two steps it also learns the trajectory's midpoint, the first tokens known and the rest still noise.
 """
 
 from __future__ import annotations
@@ -144,12 +144,14 @@ class DDConfig(TokenModelConfig):
 
 
 class DDStudent(OnTokenizer, nn.Module):
-    """One pass from a noise sequence (and the class) to all L tokens: a transformer with full attention over
-    [class | L inputs], each input a noise vector (still to be drawn) or a known token's code embedding.
+    """One pass from a noise sequence (and the class) to all L tokens: the teacher's transformer, causal as it
+    is, reading at place i a noise vector (token i still to be drawn) or a known token's code embedding.
 
     The teacher map sends noise (eps_1 .. eps_L) through the states (c_1 .. c_k, eps_k+1 .. eps_L), k = 1 .. L:
     the first k tokens drawn, the rest still noise, and the tokens after k depend on that state alone. So one
-    network learns both the jump from k = 0 (one step) and from the midpoint k = prefix (the second step)."""
+    network learns both the jump from k = 0 (one step) and from the midpoint k = prefix (the second step). Token
+    i depends on eps_1 .. eps_i only, so causal attention loses nothing, and the student can start from the
+    teacher's weights (init_from), as the paper's does."""
 
     Config = DDConfig
 
@@ -160,14 +162,22 @@ class DDStudent(OnTokenizer, nn.Module):
         if not 0 < config.prefix < self.seq_len:
             raise ValueError(f"prefix must lie in 1 .. {self.seq_len - 1}, got {config.prefix}")
         self.code_dim = self.tokenizer.quantizer.codebook.weight.shape[1]
-        cfg = TransformerConfig(
-            config.n_layer, config.n_head, config.n_embd, 1 + self.seq_len, "learned", config.dropout
-        )
-        self.transformer = Transformer(cfg)
+        cfg = TransformerConfig(config.n_layer, config.n_head, config.n_embd, self.seq_len, "learned", config.dropout)
+        self.transformer = Transformer(cfg)  # the teacher's shapes, so that its weights fit
         self.class_emb = ClassEmbedding(config.n_classes, config.n_embd, config.class_drop)
         self.input_proj = nn.Linear(self.code_dim, config.n_embd)
         self.known_emb = nn.Embedding(2, config.n_embd)  # noise or a known token: the norm alone would not say
         self.head = nn.Linear(config.n_embd, self.vocab_size)
+
+    def init_from(self, teacher) -> DDStudent:
+        """Start from the teacher's transformer, class embedding and output head (same sizes required); only the
+        input layer, noise and codes in place of token embeddings, starts fresh."""
+        for name in ("transformer", "class_emb", "head"):
+            mine, theirs = getattr(self, name).state_dict(), getattr(teacher, name).state_dict()
+            if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
+                raise ValueError(f"the teacher's {name} has other sizes than the student's: give both one config")
+            getattr(self, name).load_state_dict(theirs)
+        return self
 
     def codes(self) -> torch.Tensor:
         return code_embeddings(self.tokenizer.quantizer.codebook.weight.float())  # (V, D)
@@ -182,10 +192,10 @@ class DDStudent(OnTokenizer, nn.Module):
         """States x (B, L, D) with known (B, L) -> logits (B, L, V) of the teacher's tokens."""
         if x.dim() != 3 or tuple(x.shape[1:]) != (self.seq_len, self.code_dim):
             raise ValueError(f"expected states (B, {self.seq_len}, {self.code_dim}), got {tuple(x.shape)}")
-        start = self.class_emb(labels if self.n_classes else None, batch=len(x))[:, None]  # (B, 1, C)
+        start = self.class_emb(labels if self.n_classes else None, batch=len(x))  # (B, C)
         h = self.input_proj(x) + self.known_emb(known.long())  # (B, L, C)
-        h = self.transformer(torch.cat([start, h], 1), mask="full")  # (B, 1 + L, C)
-        return self.head(h[:, 1:])  # (B, L, V)
+        h = torch.cat([h[:, :1] + start[:, None], h[:, 1:]], 1)  # the class enters at place 0, as the teacher's
+        return self.head(self.transformer(h, mask="causal"))  # (B, L, V): place i sees x_1 .. x_i
 
     def loss(self, batch) -> torch.Tensor:
         """Cross-entropy against the teacher's tokens: from pure noise, or (a two_step_share of rows) from the
@@ -247,7 +257,9 @@ class MarginalBaseline(OnTokenizer, nn.Module):
         tokens = self.to_tokens(tokens)  # (N, L)
         counts = torch.zeros_like(self.probs)  # (K, L, V)
         places = torch.arange(self.seq_len).expand_as(tokens)
-        counts.index_put_((labels.long(), places, tokens), torch.ones(tokens.shape), accumulate=True)
+        counts.index_put_(
+            (labels.long()[:, None].expand_as(tokens), places, tokens), torch.ones(tokens.shape), accumulate=True
+        )
         self.probs = counts / counts.sum(-1, keepdim=True).clamp_min(1)
         return self
 
@@ -262,7 +274,7 @@ class MarginalBaseline(OnTokenizer, nn.Module):
 PRESETS = {  # the teacher's size (notebook 03), so that a pass costs the same
     "smoke": dict(config=dict(n_layer=1, n_head=2, n_embd=32), steps=30, batch_size=32, lr=2e-3, pairs=64),
     "cpu": dict(
-        config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=64, lr=1e-3, ema=0.998, pairs=20000
+        config=dict(n_layer=4, n_head=4, n_embd=128), steps=3000, batch_size=64, lr=5e-4, ema=0.998, pairs=40000
     ),
     "gpu": dict(
         config=dict(n_layer=8, n_head=8, n_embd=256), steps=6000, batch_size=128, lr=5e-4, ema=0.999, pairs=100000

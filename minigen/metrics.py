@@ -159,6 +159,8 @@ def to_28(images: torch.Tensor) -> torch.Tensor:
 def quality_data(name: str, model) -> dict:
     """`load_images` arguments for the data model `name` generates (the binary or grey PixelCNN alike): the test
     digits of this kind are what its samples and its NLL are measured against."""
+    if registry.kind(name) == "student":  # it draws what its teacher draws
+        return quality_data(registry.teacher(name), model)
     data = registry.data_spec(name)
     if name == "pixelcnn":
         data["binarize"] = model.config.n_levels == 2

@@ -116,6 +116,11 @@ def data_spec(name: str) -> dict | None:
     return dict(data) if data is not None else None
 
 
+def teacher(name: str) -> str | None:
+    """The registered name of the model a student learns from (its module's TEACHER); None for the others."""
+    return getattr(_module(name), "TEACHER", None) if kind(name) == "student" else None
+
+
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     entry = MODELS[resolve(name)]
