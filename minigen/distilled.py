@@ -246,9 +246,10 @@ class MarginalBaseline(OnTokenizer, nn.Module):
     """The one-step baseline DD's paper shows failing: every token drawn at once and independently, from its
     place's marginal given the class, counted on the training tokens. The best any independent model can do."""
 
-    def __init__(self, tokenizer_config: VQConfig, n_classes: int = 10):
+    def __init__(self, tokenizer, n_classes: int = 10):
         super().__init__()
-        self.attach_tokenizer(tokenizer_config)
+        self.attach_tokenizer(tokenizer.config)
+        self.set_tokenizer(tokenizer)  # a copy of the trained tokenizer's weights, to decode with
         self.n_classes = n_classes
         self.register_buffer("probs", torch.full((n_classes, self.seq_len, self.vocab_size), 1 / self.vocab_size))
 

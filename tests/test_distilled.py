@@ -157,7 +157,7 @@ def test_the_cli_says_how_a_student_is_trained(tmp_path, capsys):
 
 def test_the_marginal_baseline_draws_each_places_marginal_independently():
     teacher = registry.recipe("token", "smoke")["model"]
-    baseline = MarginalBaseline(teacher.tokenizer.config, n_classes=2)
+    baseline = MarginalBaseline(teacher.tokenizer, n_classes=2)
     tokens = torch.randint(0, 8, (400, 49), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(400) % 2
     tokens[labels == 1, 0] = 5  # class 1 always has token 5 at place 0
@@ -170,4 +170,8 @@ def test_the_marginal_baseline_draws_each_places_marginal_independently():
     freq = torch.bincount(drawn[::2, 3], minlength=8).double() / 1000
     assert float((freq - baseline.probs[0, 3, :8].double()).abs().sum() / 2) < 0.08
     images = baseline.sample(4, torch.tensor([0, 1, 0, 1]), generator=torch.Generator().manual_seed(2))
+    tokens = baseline.sample(
+        4, torch.tensor([0, 1, 0, 1]), generator=torch.Generator().manual_seed(2), return_tokens=True
+    )
     assert images.shape == (4, 1, 28, 28)
+    torch.testing.assert_close(images, teacher.to_images(tokens.flatten(1)))  # decoded by the trained tokenizer
