@@ -10,8 +10,9 @@ Start with notebooks/00_overview.ipynb. The shared parts:
   minigen.viz      image grids, loss curves, mask pictures, generation traces
   minigen.metrics  nats per image, bits per dimension, classifier FID and class accuracy of samples
 Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ, ContinuousAE), token_ar (TokenGPT),
-masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), speculative (the exact rule, the Decoder, speculative_sample,
-the cost model), speculative_variants (jacobi_sample, lantern_sample, multi_draft_sample), arnet (ARNet, ClassicAR).
+masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), flow_ar (FlowAR, XAR), neighbour_ar (NAR), distilled
+(teacher_map, DDStudent, MarginalBaseline), speculative (the exact rule, the Decoder, speculative_sample, the cost
+model), speculative_variants (jacobi_sample, lantern_sample, multi_draft_sample), arnet (ARNet, ClassicAR).
 Decoding speed: roofline (pass timings, the decoding roofline, interleaved timing).
 """
 

@@ -255,17 +255,21 @@ class MarginalBaseline(OnTokenizer, nn.Module):
 
     def fit(self, tokens: torch.Tensor, labels: torch.Tensor) -> MarginalBaseline:
         """Per-class, per-place token frequencies of tokens (N, L) or (N, g, g) with labels (N,)."""
-        tokens = self.to_tokens(tokens)  # (N, L)
+        device = self.probs.device
+        tokens = self.to_tokens(tokens.to(device))  # (N, L), checked
+        labels = check_labels(labels, self.n_classes, len(tokens)).to(device)  # (N,)
         counts = torch.zeros_like(self.probs)  # (K, L, V)
-        places = torch.arange(self.seq_len).expand_as(tokens)
+        places = torch.arange(self.seq_len, device=device).expand_as(tokens)
         counts.index_put_(
-            (labels.long()[:, None].expand_as(tokens), places, tokens), torch.ones(tokens.shape), accumulate=True
+            (labels[:, None].expand_as(tokens), places, tokens),
+            torch.ones_like(tokens, dtype=counts.dtype),
+            accumulate=True,
         )
         self.probs = counts / counts.sum(-1, keepdim=True).clamp_min(1)
         return self
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, *, generator=None, return_tokens: bool = False, **_):
+    def sample(self, n: int, labels=None, *, generator=None, return_tokens: bool = False):
         labels = torch.arange(n) % self.n_classes if labels is None else check_labels(labels, self.n_classes, n).cpu()
         probs = self.probs[labels].flatten(0, 1).cpu()  # (n * L, V)
         tokens = torch.multinomial(probs, 1, generator=generator).view(n, self.seq_len).to(self.probs.device)
