@@ -21,7 +21,8 @@ def _reference(x, t, probs, codes, slip=None):
     var = t if slip == "t, not t squared" else t * t
     prior = torch.ones_like(probs) if slip == "prior left out" else probs
     logits = prior.clamp_min(1e-30).log() - torch.cdist(x, centres) ** 2 / (2 * var)  # (N, V)
-    mean = (logits.softmax(-1) * (prior > 0)) @ codes  # (N, D); probs here have no zeros where it matters
+    posterior = logits.softmax(-1) * (prior > 0)  # (N, V): a code the teacher rules out keeps weight 0
+    mean = posterior / posterior.sum(-1, keepdim=True) @ codes  # (N, D)
     if slip == "sign":
         return (mean - x) / t
     if slip == "no division by t":
