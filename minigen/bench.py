@@ -48,6 +48,7 @@ class Paradigm:
 CACHE = (("KV cache", dict(use_cache=True)), ("recompute", dict(use_cache=False)))
 # MAR: K = num_iter transformer passes, each followed by S sequential calls of the denoising head
 MAR = tuple((f"K={k} S={s}", dict(num_iter=k, diffusion_steps=s)) for k, s in [(16, 50), (16, 10), (8, 50)])
+DD = (("1 step", dict(steps=1)), ("2 steps", dict(steps=2)))  # the distilled student's one or two passes
 PARADIGMS = {  # in the course's order, the order of the tables whatever order the run had
     "pixelgpt": Paradigm("pixel transformer (14x14, binary)", "00_pixelgpt", CACHE),
     "pixelcnn": Paradigm("Gated PixelCNN", "01_pixelcnn_binary", (("windowed", {}),)),
@@ -58,9 +59,7 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
     "flowar": Paradigm("FlowAR", "11_flowar", (("25 steps", dict(flow_steps=25)), ("10 steps", dict(flow_steps=10)))),
     "xar": Paradigm("xAR (noisy context)", "11_xar", (("25 steps", dict(flow_steps=25)),)),
     "nar": Paradigm("next-neighbour AR (NAR)", "12_nar", (("KV cache", {}),)),
-    "dd": Paradigm(
-        "distilled decoding (DD) of the token GPT", "12_dd", (("1 step", dict(steps=1)), ("2 steps", dict(steps=2)))
-    ),
+    "dd": Paradigm("distilled decoding (DD) of the token GPT", "12_dd", DD),
 }
 # speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
 # advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator)),
@@ -111,25 +110,22 @@ MODELS = ("fresh", "notebooks", "train")
 def build(name: str, preset_name: str, checkpoints: dict, device, models: str = "fresh"):
     """(model, where its weights came from: a checkpoint path, "shipped:STEM", or None for fresh weights): the
     checkpoint given for `name`, else by `models` fresh weights, the notebook's (registry.finished_weights), or one
-    trained now with the CLI's recipe (tokenizer first) into data/bench/NAME-PRESET/model.pt, reused once finished."""
+    trained now (tokenizer or teacher first) with its recipe into data/bench/NAME-PRESET/model.pt, reused once done."""
     if name in checkpoints:
         return registry.load_model(checkpoints[name], device=device), checkpoints[name]
     if models == "fresh":
         seed_everything(0)
         return registry.recipe(name, preset_name)["model"].to(device).eval(), None
-    student = registry.kind(name) == "student"  # learns from its teacher's samples: only its notebook trains it
-    if models == "notebooks" or student:
+    path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
+    if models == "notebooks":
         stem = f"{NOTEBOOK_CHECKPOINTS[name]}_{preset_name}"
         found = registry.finished_weights(stem, registry.recipe(name, preset_name)["steps"], device)
         if found is not None:
             return found
-    if student:
-        print(f"{name}: no weights of its notebook ({stem}), which alone trains it: timing fresh weights")
-        seed_everything(0)
-        return registry.recipe(name, preset_name)["model"].to(device).eval(), None
-    path = data_dir() / "bench" / f"{name}-{preset_name}" / "model.pt"
-    if models == "notebooks":
-        print(f"{name}: no weights of its notebook ({NOTEBOOK_CHECKPOINTS[name]}_{preset_name}): using {path}")
+        print(f"{name}: no weights of its notebook ({stem}): using {path}")
+    if registry.kind(name) == "student":  # it learns from its teacher's samples: the teacher first, as here
+        teacher, _ = build(registry.teacher(name), preset_name, checkpoints, device, models)
+        return registry.student_trainer(name)(teacher, preset_name, path, device)[0], str(path)
     if not path.exists() or read_checkpoint(path)["step"] < registry.recipe(name, preset_name)["steps"]:
         train(name, preset_name, path.parent, device=device, n=20)
     return registry.load_model(path, device=device), str(path)
@@ -217,9 +213,8 @@ def run(
     (`samples` per variant, default by preset; 0: speed only); compile=True adds the compiled rows of the raster
     GPTs and of plain, exact and Jacobi speculative sampling. Returns the report (rows, ratios, yardstick);
     a `previews` dict gets the first 20 scored samples of each variant (classes 0-9 twice)."""
-    unknown = sorted(set(paradigms) - set(TITLES))
-    if unknown:
-        raise ValueError(f"no benchmark for {unknown}; choose from {list(TITLES)}")
+    if set(paradigms) - set(TITLES):
+        raise ValueError(f"no benchmark for {sorted(set(paradigms) - set(TITLES))}; choose from {list(TITLES)}")
     if preset not in SAMPLES:
         raise ValueError(f"preset must be one of {list(SAMPLES)}, got {preset!r}")
     if models not in MODELS:

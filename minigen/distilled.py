@@ -16,11 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigen.data import make_loader
 from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
 from minigen.sampling import check_labels
 from minigen.speculative import make_decoder
 from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import OnTokenizer, VQConfig
+from minigen.train import seed_everything, train_or_load
 
 TOKENIZER = "vq"
 
@@ -274,6 +276,28 @@ class MarginalBaseline(OnTokenizer, nn.Module):
         probs = self.probs[labels].flatten(0, 1).cpu()  # (n * L, V)
         tokens = torch.multinomial(probs, 1, generator=generator).view(n, self.seq_len).to(self.probs.device)
         return tokens.view(n, self.grid, self.grid) if return_tokens else self.to_images(tokens)
+
+
+def train_student(teacher, preset_name: str, path, device=None, cfg_scale: float = 1.0, seed: int = 1):
+    """A student of `teacher` (sampling at cfg_scale) trained with the preset's recipe, as notebook 12 trains it:
+    from the teacher's weights, on the teacher's pairs (made only if there is training to do); a finished
+    checkpoint at `path` is reused. Returns (student, history)."""
+    recipe = PRESETS[preset_name]
+    seed_everything(0)
+    config = {**recipe["config"], "teacher_cfg_scale": cfg_scale}
+    student = DDStudent.from_tokenizer(teacher.tokenizer, **config).init_from(teacher).to(device)
+    pairs = TeacherPairs(teacher, recipe["pairs"], cfg_scale=cfg_scale, seed=seed)
+    history = train_or_load(
+        student,
+        path,
+        make_loader(pairs, recipe["batch_size"]),
+        steps=recipe["steps"],
+        lr=recipe["lr"],
+        ema_decay=recipe.get("ema"),
+        device=device,
+        desc="DD student",
+    )
+    return student.eval(), history
 
 
 PRESETS = {  # the teacher's size (notebook 03), so that a pass costs the same

@@ -121,6 +121,13 @@ def teacher(name: str) -> str | None:
     return getattr(_module(name), "TEACHER", None) if kind(name) == "student" else None
 
 
+def student_trainer(name: str):
+    """A student's `train_student(teacher, preset, path, device) -> (student, history)`, from its module."""
+    if kind(name) != "student":
+        raise ValueError(f"{name} is a {kind(name)}, not a student")
+    return _module(name).train_student
+
+
 def recipe(name: str, preset: str) -> dict:
     """Everything needed to train `name` at `preset`: model, data kwargs, fit kwargs."""
     entry = MODELS[resolve(name)]

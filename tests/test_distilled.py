@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import tiny_gpt
 from test_speculative import chi_square_pvalue
 
-from minigen import registry
+from minigen import registry, train
 from minigen.cli import main
 from minigen.data import make_loader
 from minigen.distilled import (
@@ -175,3 +175,15 @@ def test_the_marginal_baseline_draws_each_places_marginal_independently():
     )
     assert images.shape == (4, 1, 28, 28)
     torch.testing.assert_close(images, teacher.to_images(tokens.flatten(1)))  # decoded by the trained tokenizer
+
+
+def test_train_student_follows_the_recipe_and_reuses_its_checkpoint(tmp_path, monkeypatch):
+    teacher = registry.recipe("token", "smoke")["model"].eval()
+    student, history = registry.student_trainer("dd")(teacher, "smoke", tmp_path / "dd.pt", "cpu")
+    assert history["step"][-1] == registry.recipe("dd", "smoke")["steps"] and not student.training
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished student was trained again"))
+    again, _ = registry.student_trainer("dd")(teacher, "smoke", tmp_path / "dd.pt", "cpu")
+    for a, b in zip(student.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="not a student"):
+        registry.student_trainer("token")
