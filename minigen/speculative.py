@@ -335,9 +335,10 @@ def speculative_sample(
     Returns (tokens (n, L), trace). The tokens are distributed exactly as target.sample_tokens with the
     same temperature / top-k / top-p / guidance, which apply to target and draft alike. Rows of a batch
     advance together by the fewest kept guesses (still exact; at n = 1 it is the textbook algorithm).
-    relax, a function (p (n, g, V), guesses (n, g)) -> (n, g), replaces p at the guesses in the acceptance
-    test: LANTERN's relaxed acceptance (minigen.speculative_variants.lantern_sample); None keeps it exact. compile=True
-    runs the passes of both models compiled (see RasterGPT.sample_tokens), the same tokens for the same generator.
+    relax, a function (p (n, g, V), guesses (n, g), q (n, g, V)) -> (n, g), replaces p at the guesses in the
+    acceptance test: LANTERN's and GSD's relaxed acceptance (minigen.speculative_variants); None keeps it exact.
+    compile=True runs the passes of both models compiled (see RasterGPT.sample_tokens), the same tokens for the
+    same generator.
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
@@ -356,7 +357,7 @@ def speculative_sample(
             n0, g = tokens.shape[1], min(gamma, tgt.seq_len - tokens.shape[1])
             guesses, q = draft_tokens(drf, tokens, g, dice)  # (n, g), (n, g, V)
             p = target_pass(tgt, tokens, guesses)  # (n, g + 1, V)
-            p_at = None if relax is None else relax(p[:, :g], guesses)  # (n, g)
+            p_at = None if relax is None else relax(p[:, :g], guesses, q)  # (n, g)
             accepted, nxt, tested, alpha = verify(p, q, guesses, dice, p_at)
             tokens, m, from_guess = commit(tokens, guesses, accepted, nxt)
             tgt.truncate(n0 + m)  # the kept guesses were fed with the right prefix: their cache entries stay

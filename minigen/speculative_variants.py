@@ -1,9 +1,10 @@
 """Variants of speculative decoding, each built on the exact rule of minigen.speculative.
 
 Teng et al. 2024 (speculative Jacobi decoding, SJD: no draft model, the target guesses for itself); Jang et al.
-2024 (LANTERN: relaxed acceptance that lets latent look-alikes pass, within a total-variation budget); Miao et al.
+2024 (LANTERN: relaxed acceptance that lets latent look-alikes pass, within a total-variation budget); So et al.
+2025 (GSD: a guess is judged by the target's mass on a group of look-alikes); Miao et al.
 2023 (SpecInfer) / Sun et al. 2023 (SpecTr) / Yang et al. 2024 (multi-draft: several guesses per position,
-recursive rejection sampling). Jacobi and multi-draft stay exact; LANTERN knowingly bends the target.
+recursive rejection sampling). Jacobi and multi-draft stay exact; LANTERN and GSD knowingly bend the target.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from minigen.speculative import (
 __all__ = [
     "jacobi_sample",
     "lantern_sample",
+    "gsd_sample",
+    "token_groups",
+    "grouped_acceptance",
     "multi_draft_sample",
     "codebook_neighbours",
     "relaxed_distribution",
@@ -150,10 +154,18 @@ def lantern_sample(
     neighbours (latent look-alikes) onto x. Faster, no longer exact; delta = 0 is speculative_sample.
     On rejection the correction comes from the target's own residual norm(max(0, p - q)).
     neighbours (V, k) defaults to the target tokenizer's codebook."""
+    neighbours = _checked_neighbours(neighbours, target, neighbours_k)
+    relax = lambda p, guesses, q: relaxed_distribution(p, guesses, neighbours, delta).gather(-1, guesses[..., None])[
+        ..., 0
+    ]
+    return speculative_sample(target, draft, n, labels, relax=relax, **kwargs)
+
+
+def _checked_neighbours(neighbours, target, k: int) -> torch.Tensor:
+    """Code ids (V, k) of each code's nearest codes, by default from the target tokenizer's codebook; checked."""
     if neighbours is None:
-        neighbours = codebook_neighbours(target.tokenizer.quantizer.codebook.weight, neighbours_k)
-    neighbours = torch.as_tensor(neighbours)
-    V = target.vocab_size
+        neighbours = codebook_neighbours(target.tokenizer.quantizer.codebook.weight, k)
+    neighbours, V = torch.as_tensor(neighbours), target.vocab_size
     if neighbours.dim() != 2 or neighbours.shape[0] != V or neighbours.dtype.is_floating_point:
         raise ValueError(
             f"neighbours must be integer code ids of shape ({V}, k), got {tuple(neighbours.shape)} {neighbours.dtype}"
@@ -162,9 +174,56 @@ def lantern_sample(
         raise ValueError(
             f"neighbours must hold code ids in [0, {V}), got min {int(neighbours.min())}, max {int(neighbours.max())}"
         )
-    relax = lambda p, guesses: relaxed_distribution(p, guesses, neighbours, delta).gather(-1, guesses[..., None])[
-        ..., 0
-    ]
+    return neighbours
+
+
+# --- grouped acceptance (GSD) ------------------------------------------------------------
+
+
+def token_groups(p: torch.Tensor, tokens: torch.Tensor, neighbours: torch.Tensor, p_window: float):
+    """GSD's group of each guessed token x: x itself and those of its nearest codes y whose target probability
+    is close to x's, |p(y) - p(x)| < p_window. p (..., V), tokens (...) -> (ids (..., k + 1), in_group (..., k + 1)),
+    x first."""
+    if not 0 <= p_window <= 1:
+        raise ValueError(f"p_window must lie in [0, 1], got {p_window}")
+    ids = torch.cat([tokens[..., None], neighbours.to(p.device)[tokens]], -1)  # (..., k + 1)
+    p_ids = p.gather(-1, ids)  # (..., k + 1)
+    close = (p_ids - p_ids[..., :1]).abs() < p_window  # (..., k + 1)
+    return ids, torch.cat([torch.ones_like(close[..., :1]), close[..., 1:]], -1)  # x is always in its own group
+
+
+def grouped_acceptance(p, q, tokens, neighbours, p_window: float = 0.15) -> torch.Tensor:
+    """The acceptance probability of GSD for guesses x drawn from q: min(1, p(G) / q(G)) with G = token_groups(x);
+    a token the target rules out, p(x) = 0, is never kept (grouping may bend p, not widen its support).
+    p, q (..., V), tokens (...) -> (...). With groups of one token it is the exact rule's min(1, p(x) / q(x))."""
+    ids, in_group = token_groups(p, tokens, neighbours, p_window)
+    p_group = (p.gather(-1, ids) * in_group).sum(-1)  # (...)
+    q_group = (q.gather(-1, ids) * in_group).sum(-1)  # (...) >= q(x) > 0: x was drawn from q
+    allowed = p.gather(-1, tokens[..., None])[..., 0] > 0
+    return (p_group / q_group).clamp(max=1.0) * allowed
+
+
+@torch.no_grad()
+def gsd_sample(
+    target,
+    draft,
+    n: int = 1,
+    labels=None,
+    *,
+    p_window: float = 0.15,
+    neighbours_k: int = 8,
+    neighbours: torch.Tensor | None = None,
+    **kwargs,
+):
+    """Speculative sampling with grouped acceptance (GSD, So et al. 2025): a guess x is kept with probability
+    min(1, p(G)/q(G)), the target's and the draft's mass on a group G of codes that look like x (its nearest
+    codebook neighbours, as LANTERN's) and that the target rates about as likely as x (within p_window). A
+    rejection draws from the ordinary residual norm(max(0, p - q)). Faster, not exact; p_window = 0 (or groups
+    of one) is speculative_sample. neighbours (V, k) defaults to the target tokenizer's codebook."""
+    neighbours = _checked_neighbours(neighbours, target, neighbours_k)
+    relax = lambda p, guesses, q: (
+        grouped_acceptance(p, q, guesses, neighbours, p_window) * q.gather(-1, guesses[..., None])[..., 0]
+    )  # verify keeps x with min(1, relax / q(x)): that is the grouped rule
     return speculative_sample(target, draft, n, labels, relax=relax, **kwargs)
 
 

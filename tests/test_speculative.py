@@ -227,6 +227,59 @@ def test_relaxed_acceptance_is_not_exact_but_raises_acceptance():
     assert rates[0] < rates[1] < rates[2]
 
 
+def one_step_output(p, q, accept):
+    """The exact distribution of one speculative step: x ~ q kept with probability accept(x) (V,), else a draw
+    from the residual norm(max(0, p - q)). p, q (V,) -> (V,)."""
+    kept = q * accept
+    return kept + (1 - kept.sum()) * S.residual(p[None], q[None])[0]
+
+
+def test_grouped_acceptance_bends_each_step_no_more_than_its_extra_acceptance_allows():
+    g = torch.Generator().manual_seed(0)
+    V = 12
+    neighbours = SV.codebook_neighbours(torch.randn(V, 3, generator=g), 4)  # (V, 4)
+    tokens = torch.arange(V)
+    for _ in range(40):
+        p = torch.randn(V, generator=g).mul(1.5).softmax(-1).double()
+        q = torch.randn(V, generator=g).mul(1.5).softmax(-1).double()
+        exact = (p / q).clamp(max=1)
+        torch.testing.assert_close(one_step_output(p, q, exact), p)  # the exact rule: the target itself
+        for p_window in (0.0, 0.05, 0.2, 1.0):
+            accept = SV.grouped_acceptance(p.expand(V, V), q.expand(V, V), tokens, neighbours, p_window)  # (V,)
+            out = one_step_output(p, q, accept)
+            tv = 0.5 * float((out - p).abs().sum())
+            bound = float((q * (accept - exact).abs()).sum())  # r - p = sum_x q(x) (a(x) - a0(x)) (e_x - res)
+            assert abs(float(out.sum()) - 1) < 1e-9 and (out >= 0).all() and tv <= bound + 1e-6
+            if p_window == 0.0:
+                torch.testing.assert_close(accept, exact)  # groups of one: exact
+    # by hand: codes 0 -> 1 -> 2 -> 0 are neighbours; with p_window 0.25, 0's group is {0, 1} (|0.3 - 0.5| < 0.25),
+    # 1's is {1, 2}, 2's only {2} (|0.5 - 0.2| >= 0.25): min(1, 0.8 / 0.7), min(1, 0.5 / 0.8), min(1, 0.2 / 0.3)
+    p3, q3 = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.5, 0.3])
+    hand = SV.grouped_acceptance(p3.expand(3, 3), q3.expand(3, 3), torch.arange(3), torch.tensor([[1], [2], [0]]), 0.25)
+    torch.testing.assert_close(hand, torch.tensor([1.0, 0.625, 2 / 3]))
+    ids, in_group = SV.token_groups(p.expand(V, V), tokens, neighbours, 1.0)
+    assert in_group.all() and torch.equal(ids[:, 0], tokens) and torch.equal(ids[:, 1:], neighbours)
+    with pytest.raises(ValueError, match="p_window"):
+        SV.token_groups(p, tokens[0], neighbours, 1.5)
+
+
+def test_grouped_acceptance_is_not_exact_but_raises_acceptance():
+    neighbours = torch.tensor([[1], [2], [0]])
+    run = lambda w: lambda dice: SV.gsd_sample(TARGET, DRAFT, gamma=2, p_window=w, neighbours=neighbours, dice=dice)[0]
+    assert max_gap(output_distribution(run(0.0)), TARGET.chain_rule()) < 1e-9  # groups of one: exact
+    assert max_gap(output_distribution(run(1.0)), TARGET.chain_rule()) > 1e-3
+    g = torch.Generator().manual_seed(0)
+    gpt_t, gpt_d = tiny_gpt(0), tiny_gpt(1)
+    nb = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]])
+    rates = [
+        SV.gsd_sample(gpt_t, gpt_d, 3000, gamma=2, p_window=w, neighbours=nb, generator=g)[1]["acceptance"]
+        for w in (0.0, 0.1, 1.0)
+    ]
+    assert rates[0] < rates[1] < rates[2]
+    with pytest.raises(ValueError, match="neighbours must"):
+        SV.gsd_sample(gpt_t, gpt_d, 2, neighbours=torch.tensor([[5, 1], [0, 1], [0, 1], [0, 1]]))
+
+
 # --- the real implementation on tiny GPTs: chi-square against the exact distribution -------
 
 
