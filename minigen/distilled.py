@@ -34,6 +34,11 @@ def code_embeddings(codebook: torch.Tensor) -> torch.Tensor:
     return codebook / codebook.float().pow(2).mean().sqrt().clamp_min(1e-12)
 
 
+def model_codes(model) -> torch.Tensor:
+    """The code embeddings (V, D) of a model's own tokenizer: its codebook at unit root-mean-square, fp32."""
+    return code_embeddings(model.tokenizer.quantizer.codebook.weight.detach().float())
+
+
 def categorical_velocity(x: torch.Tensor, t: float, probs: torch.Tensor, codes: torch.Tensor):
     """The exact velocity E[eps - c | x_t = x] of straight paths x_t = (1 - t) c + t eps from codes c ~ probs to
     noise eps ~ N(0, I), and the posterior over codes it averages: x (N, D), t in (0, 1], probs (N, V),
@@ -105,7 +110,7 @@ def make_pairs(
     teacher_map(noise). Noise is drawn on the CPU from `seed`, so the same call gives the same set anywhere."""
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be positive, got {n}, {batch}")
-    codes = code_embeddings(teacher.tokenizer.quantizer.codebook.weight.detach().float().cpu())
+    codes = model_codes(teacher).cpu()
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, teacher.seq_len, codes.shape[1], generator=g)  # (n, L, D)
     labels = torch.arange(n) % teacher.n_classes if teacher.n_classes else None
@@ -182,7 +187,7 @@ class DDStudent(OnTokenizer, nn.Module):
         return self
 
     def codes(self) -> torch.Tensor:
-        return code_embeddings(self.tokenizer.quantizer.codebook.weight.float())  # (V, D)
+        return model_codes(self)  # (V, D)
 
     def midpoint(self, noise: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The state after `prefix` tokens: their code embeddings, then the rest of the noise (B, L, D), and

@@ -217,14 +217,19 @@ def test_relaxed_acceptance_is_not_exact_but_raises_acceptance():
         lambda dice: SV.lantern_sample(TARGET, DRAFT, gamma=2, delta=delta, neighbours=neighbours, dice=dice)[0]
     )
     assert max_gap(output_distribution(run(0.3)), TARGET.chain_rule()) > 1e-3
+    rates = tiny_acceptance_rates(SV.lantern_sample, "delta", (0.0, 0.2, 0.5))
+    assert rates[0] < rates[1] < rates[2]
+
+
+def tiny_acceptance_rates(sampler, knob: str, values) -> list:
+    """The acceptance rate of a relaxed sampler (lantern_sample, gsd_sample) on two tiny GPTs whose 4 codes are
+    each other's neighbours, for each value of its knob, from one generator."""
     g = torch.Generator().manual_seed(0)
     gpt_t, gpt_d = tiny_gpt(0), tiny_gpt(1)
     nb = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]])
-    rates = [
-        SV.lantern_sample(gpt_t, gpt_d, 3000, gamma=2, delta=d, neighbours=nb, generator=g)[1]["acceptance"]
-        for d in (0.0, 0.2, 0.5)
+    return [
+        sampler(gpt_t, gpt_d, 3000, gamma=2, neighbours=nb, generator=g, **{knob: v})[1]["acceptance"] for v in values
     ]
-    assert rates[0] < rates[1] < rates[2]
 
 
 def one_step_output(p, q, accept):
@@ -268,16 +273,10 @@ def test_grouped_acceptance_is_not_exact_but_raises_acceptance():
     run = lambda w: lambda dice: SV.gsd_sample(TARGET, DRAFT, gamma=2, p_window=w, neighbours=neighbours, dice=dice)[0]
     assert max_gap(output_distribution(run(0.0)), TARGET.chain_rule()) < 1e-9  # groups of one: exact
     assert max_gap(output_distribution(run(1.0)), TARGET.chain_rule()) > 1e-3
-    g = torch.Generator().manual_seed(0)
-    gpt_t, gpt_d = tiny_gpt(0), tiny_gpt(1)
-    nb = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]])
-    rates = [
-        SV.gsd_sample(gpt_t, gpt_d, 3000, gamma=2, p_window=w, neighbours=nb, generator=g)[1]["acceptance"]
-        for w in (0.0, 0.1, 1.0)
-    ]
+    rates = tiny_acceptance_rates(SV.gsd_sample, "p_window", (0.0, 0.1, 1.0))
     assert rates[0] < rates[1] < rates[2]
     with pytest.raises(ValueError, match="neighbours must"):
-        SV.gsd_sample(gpt_t, gpt_d, 2, neighbours=torch.tensor([[5, 1], [0, 1], [0, 1], [0, 1]]))
+        SV.gsd_sample(tiny_gpt(0), tiny_gpt(1), 2, neighbours=torch.tensor([[5, 1], [0, 1], [0, 1], [0, 1]]))
 
 
 # --- the real implementation on tiny GPTs: chi-square against the exact distribution -------
