@@ -133,6 +133,26 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
 
 
+def energy_test(x: torch.Tensor, y: torch.Tensor, permutations: int = 200, generator=None) -> tuple[float, float]:
+    """Two-sample test of samples x (N, d) and y (M, d) (Szekely's energy distance): E = 2 E|x - y| - E|x - x'| -
+    E|y - y'|, zero exactly when the two distributions are equal. Returns (E, p-value), the p-value from
+    `permutations` random relabellings of the pooled samples (all of them scored in one matrix product)."""
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"expected samples (N, d) and (M, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    pooled = torch.cat([x, y]).double()  # (N + M, d)
+    dist = torch.cdist(pooled, pooled)  # (N + M, N + M)
+    n, total = x.shape[0], pooled.shape[0]
+    labels = [torch.arange(total) < n] + [torch.randperm(total, generator=generator) < n for _ in range(permutations)]
+    u = torch.stack(labels, 1).double()  # (N + M, 1 + P): column 0 the true split
+    xx = (u * (dist @ u)).sum(0)  # sums over pairs within x
+    xy = (dist @ u).sum(0) - xx  # pairs across
+    yy = dist.sum() - 2 * xy - xx
+    m = total - n
+    energy = 2 * xy / (n * m) - xx / n**2 - yy / m**2  # (1 + P,)
+    p_value = ((energy[1:] >= energy[0]).sum().item() + 1) / (permutations + 1)
+    return float(energy[0]), p_value
+
+
 def sample_quality(
     classifier: DigitClassifier, samples: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None = None
 ) -> dict:

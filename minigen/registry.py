@@ -60,6 +60,9 @@ MODELS = {
     "var": Entry("minigen.scale_ar", "VAR", "generator"),
     "ae": Entry("minigen.tokenizers", "ContinuousAE", "tokenizer", presets="AE_PRESETS"),  # MAR's continuous tokenizer
     "mar": Entry("minigen.diffusion_ar", "MAR", "generator"),
+    # notebook 13: a causal MAR (target) and a thin one (draft) for continuous speculative decoding
+    "cmar": Entry("minigen.continuous_speculative", "CausalMAR", "generator"),
+    "cmar_draft": Entry("minigen.continuous_speculative", "CausalMAR", "generator", presets="DRAFT_PRESETS"),
     "flowar": Entry("minigen.flow_ar", "FlowAR", "generator"),
     "xar": Entry("minigen.flow_ar", "XAR", "generator", presets="XAR_PRESETS"),
     # the small draft GPT of notebook 07: a TokenGPT on the same data, with speculative decoding's presets
