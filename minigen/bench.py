@@ -5,7 +5,7 @@ side on one device in one process, so ratios are meaningful even where absolute 
 trained models): classifier FID and class accuracy of class-balanced samples (minigen.metrics: a digit-domain
 Frechet distance, not Inception FID) and the test NLL where the paradigm has a likelihood. Models come from
 --checkpoint NAME=PATH, else by --models: `fresh` (untrained weights of the preset's sizes: speed only, the work
-per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07, 11 and 12 use, found as their
+per pass does not depend on the weights), `notebooks` (the weights notebooks 00-07 and 11-13 use, found as their
 train_or_load finds them: the finished checkpoint in data/, else the shipped weights; trained now, saying so, where
 neither is there) or `train` (trained now with the preset's recipe, cached in data/bench/).
 """
@@ -22,6 +22,7 @@ from statistics import fmean
 
 import torch
 
+from minigen import continuous_speculative as cspd
 from minigen import registry
 from minigen import speculative as spec
 from minigen import speculative_variants as variants
@@ -61,24 +62,34 @@ PARADIGMS = {  # in the course's order, the order of the tables whatever order t
     "nar": Paradigm("next-neighbour AR (NAR)", "12_nar", (("KV cache", {}),)),
     "dd": Paradigm("distilled decoding (DD) of the token GPT", "12_dd", DD),
 }
-# speculative decoding of the token GPT (target) with the small draft GPT, batch 1 only (rows of a batch
-# advance together, so larger batches gain nothing); each as (label, fn(target, draft, labels, generator)),
-# fn returning (tokens, trace); plain KV-cached sampling first, with no trace: its passes are the tokens
+# speculative decoding at batch 1 only (rows of a batch advance together, so larger batches gain nothing): each
+# sampler as (label, fn(target, draft, labels, generator) -> (tokens, trace)); plain first, with no trace
 SPECULATIVE = [
     ("plain", lambda t, d, y, g, **kw: (t.sample_tokens(len(y), y, generator=g, **kw)[0], None)),
     ("exact g=3", lambda t, d, y, g, **kw: spec.speculative_sample(t, d, len(y), y, gamma=3, generator=g, **kw)),
     ("jacobi w=8", lambda t, d, y, g, **kw: variants.jacobi_sample(t, len(y), y, window=8, generator=g, **kw)),
     ("lantern d=.2", lambda t, d, y, g: variants.lantern_sample(t, d, len(y), y, gamma=4, delta=0.2, generator=g)),
     ("multi k=3", lambda t, d, y, g: variants.multi_draft_sample(t, d, len(y), y, drafts=3, gamma=3, generator=g)),
+    ("gsd w=.15", lambda t, d, y, g: variants.gsd_sample(t, d, len(y), y, gamma=4, p_window=0.15, generator=g)),
 ]
+CONTINUOUS = [  # notebook 13: the causal MAR and its draft, the path rule
+    ("plain", lambda t, d, y, g: (t.sample(len(y), y, generator=g, return_tokens=True), None)),
+    (
+        "path g=3",
+        lambda t, d, y, g: cspd.continuous_speculative_sample(t, d, len(y), y, generator=g, return_tokens=True),
+    ),
+]
+FAMILIES = {"speculative": ("token", "draft", SPECULATIVE), "cspd": ("cmar", "cmar_draft", CONTINUOUS)}
 # --compile adds these: the same samplers with every pass compiled on a static KV cache (nn.compiled_blocks);
 # they draw the same tokens as their eager rows, so their samples are not scored again
 COMPILED = {"token": ("compiled", dict(compile=True)), "pixelgpt": ("compiled", dict(compile=True))}
 SPECULATIVE_COMPILED = [
     (f"{label} compiled", lambda t, d, y, g, fn=fn: fn(t, d, y, g, compile=True)) for label, fn in SPECULATIVE[:3]
 ]
-TITLES = {**{name: p.title for name, p in PARADIGMS.items()}, "speculative": "speculative decoding of the token GPT"}
-NOTEBOOK_CHECKPOINTS = {**{name: p.notebook for name, p in PARADIGMS.items()}, "draft": "07_draft"}
+TITLES = {name: p.title for name, p in PARADIGMS.items()}
+TITLES.update(speculative="speculative decoding of the token GPT", cspd="continuous speculative decoding (causal MAR)")
+NOTEBOOK_CHECKPOINTS = {name: p.notebook for name, p in PARADIGMS.items()}
+NOTEBOOK_CHECKPOINTS.update(draft="07_draft", cmar="13_cmar", cmar_draft="13_cmar_draft")
 # side-by-side ratios: (name, paradigm, slow variant, paradigm, fast variant)
 RATIOS = [
     ("token: KV cache vs recompute", "token", "recompute", "token", "KV cache"),
@@ -93,7 +104,7 @@ RATIOS = [
     ("xAR 25 steps vs MAR K=16 S=50", "mar", "K=16 S=50", "xar", "25 steps"),
     ("NAR (13 passes) vs raster token GPT (KV cache)", "token", "KV cache", "nar", "KV cache"),
     ("DD 1 step vs raster token GPT (KV cache)", "token", "KV cache", "dd", "1 step"),
-] + [(f"speculative {label} vs plain", "speculative", "plain", "speculative", label) for label, _ in SPECULATIVE[1:]]
+] + [(f"{f} {label} vs plain", f, "plain", f, label) for f in FAMILIES for label, _ in FAMILIES[f][2][1:]]
 RATIOS += [
     ("token: compiled vs eager (KV cache)", "token", "KV cache", "token", "compiled"),
     ("pixelgpt: compiled vs eager (KV cache)", "pixelgpt", "KV cache", "pixelgpt", "compiled"),
@@ -168,18 +179,20 @@ def paradigm_rows(
 
 
 def speculative_rows(
-    preset_name: str, repeats: int, checkpoints: dict, device, models: str, score, compile: bool = False
+    family: str, preset_name: str, repeats: int, checkpoints: dict, device, models: str, score, compile: bool = False
 ) -> list:
-    """Every speculative variant against plain KV-cached sampling, batch 1, the mean over the same seeds (the work
-    depends on what gets accepted, so a best-of would favour lucky seeds); with trained models, scored by `score`.
-    compile=True adds the compiled rows, warmed up on ten other seeds first: each new pass length compiles once."""
-    target, target_path = build("token", preset_name, checkpoints, device, models)
-    draft, draft_path = build("draft", preset_name, checkpoints, device, models)
+    """Every sampler of a speculative family (FAMILIES) against plain KV-cached sampling, batch 1, the mean over the
+    same seeds (the work depends on what gets accepted, so a best-of would favour lucky seeds); with trained
+    models, scored by `score`. compile=True adds the token GPT's compiled rows, warmed up on ten other seeds
+    first: each new pass length compiles once."""
+    target_name, draft_name, samplers = FAMILIES[family]
+    target, target_path = build(target_name, preset_name, checkpoints, device, models)
+    draft, draft_path = build(draft_name, preset_name, checkpoints, device, models)
     trained = bool(target_path and draft_path)
     inputs = lambda seed: (torch.tensor([seed % 10], device=device), torch.Generator().manual_seed(seed))
     seeds = range(1, max(repeats, 10) + 1)
     rows = []
-    for label, fn in SPECULATIVE + (SPECULATIVE_COMPILED if compile else []):
+    for label, fn in samplers + (SPECULATIVE_COMPILED if compile and family == "speculative" else []):
         run_one = lambda y, g: fn(target, draft, y, g)  # -> (tokens, trace or None)
         for seed in range(100, 110) if label.endswith("compiled") else (0,):  # warm-up
             run_one(*inputs(seed))
@@ -188,10 +201,10 @@ def speculative_rows(
         seconds = fmean(elapsed for elapsed, _ in timings)
         passes = round(fmean(trace["target_passes"] if trace else target.seq_len for trace in traces), 1)
         acceptance = fmean(trace["acceptance"] if trace else float("nan") for trace in traces)
-        rows.append(row("speculative", label, 1, passes, seconds, acceptance=acceptance, trained=trained))
+        rows.append(row(family, label, 1, passes, seconds, acceptance=acceptance, trained=trained))
         if trained and not label.endswith("compiled"):
             sample_fn = lambda k, y, g: target.to_images(run_one(y, g)[0])
-            rows[-1].update(score(("speculative", label), sample_fn, target.n_classes, registry.data_spec("token")))
+            rows[-1].update(score((family, label), sample_fn, target.n_classes, registry.data_spec(target_name)))
     return rows
 
 
@@ -226,8 +239,8 @@ def run(
     score = SampleScorer(preset, device, samples, previews)
     rows = []
     for name in progress_bar(paradigms, progress, desc="bench"):
-        if name == "speculative":
-            rows += speculative_rows(preset, repeats, checkpoints, device, models, score, compile)
+        if name in FAMILIES:
+            rows += speculative_rows(name, preset, repeats, checkpoints, device, models, score, compile)
         else:
             rows += paradigm_rows(name, preset, batches, repeats, checkpoints, device, models, score, compile)
     setup = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version()}

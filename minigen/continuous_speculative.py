@@ -148,6 +148,10 @@ class CausalMAR(OnTokenizer, nn.Module):
         z = self(tokens, labels if self.n_classes else None)  # (B, L, C)
         return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), self.config.head_repeats)
 
+    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L, D) or (B, g, g, D) -> images (B, 1, H, W)."""
+        return self.tokenizer.decode(tokens.reshape(tokens.shape[0], self.grid, self.grid, self.token_dim))
+
     def stream(self, rows: int, labels=None, cfg_scale: float = 1.0) -> Stream:
         return Stream(self, rows, labels, cfg_scale)
 
@@ -173,8 +177,7 @@ class CausalMAR(OnTokenizer, nn.Module):
                 noise = stream.noise(n, diffusion_steps, generator)
                 path, _ = draw_path(self.head, z[:, -1], _last(z_u), cfg_scale, diffusion_steps, noise)
                 tokens = torch.cat([tokens, path[-1][:, None]], 1)  # (n, t + 1, D)
-        grid = tokens.view(n, self.grid, self.grid, self.token_dim)
-        return grid if return_tokens else self.tokenizer.decode(grid)
+        return tokens.view(n, self.grid, self.grid, self.token_dim) if return_tokens else self.to_images(tokens)
 
 
 def _last(z_u):
@@ -279,6 +282,7 @@ class Proposal:
             todo, tries = todo[~kept], tries + 1
             if tries > 10_000:
                 raise RuntimeError("the residual draw kept nothing in 10,000 tries: p and q look identical")
+        self.tries = tries
         return out
 
 
@@ -306,7 +310,8 @@ def continuous_speculative_sample(
     diffusion_steps and cfg_scale. rule "path": a draft token is kept with probability min(1, p(path) / q(path)),
     its whole path scored by the target's head in one call; rule "aligned" (the paper's): the target follows the
     draft's noise up to the last step and compares the two last Gaussian steps. Rows advance together by the
-    fewest kept guesses, as in speculative_sample."""
+    fewest kept guesses, as in speculative_sample. The trace adds "residual_tries": proposals the residual draws
+    made (each a batch of the rejected rows), one per correction when p and q barely overlap."""
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
     if rule not in RULES:
@@ -319,7 +324,7 @@ def continuous_speculative_sample(
         tgt, drf = target.stream(n, labels, cfg_scale), draft.stream(n, labels, cfg_scale)
         noise = lambda k: tgt.noise(k, diffusion_steps, generator)  # noqa: E731
         tokens = torch.zeros(n, 0, target.token_dim, device=target.token_in.weight.device)
-        trace = Trace(n, L)
+        trace, tries = Trace(n, L), 0
         while tokens.shape[1] < L:
             n0, g = tokens.shape[1], min(gamma, L - tokens.shape[1])
             guesses, props = [], []
@@ -343,6 +348,7 @@ def continuous_speculative_sample(
                     follow = guesses_t[:, m].clone()
                     rows = (accepted == m).nonzero()[:, 0]
                     follow[rows] = props[m].draw_residual(rows, noise, dice)
+                    tries += props[m].tries
                 else:  # all kept: the target's own draw at the next position
                     zu = None if z_u is None else z_u[:, g]
                     follow = draw_path(target.head, z[:, g], zu, cfg_scale, diffusion_steps, noise(n))[0][-1]
@@ -353,9 +359,8 @@ def continuous_speculative_sample(
             tokens = torch.cat([tokens, new], 1)
             tgt.truncate(n0 + m)
             drf.truncate(n0 + m)
-    grid = tokens.view(n, target.grid, target.grid, target.token_dim)
-    out = grid if return_tokens else target.tokenizer.decode(grid)
-    return out, trace.as_dict(tgt.passes, drf.passes)
+    out = tokens.view(n, target.grid, target.grid, target.token_dim) if return_tokens else target.to_images(tokens)
+    return out, {**trace.as_dict(tgt.passes, drf.passes), "residual_tries": tries}
 
 
 CPU = dict(n_layer=4, n_head=4, n_embd=128, head_width=128, head_depth=3)

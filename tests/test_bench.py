@@ -78,6 +78,15 @@ def test_bench_times_every_speculative_variant_against_plain_sampling():
     assert report["yardstick"] is None  # untrained models: no classifier is trained, nothing is scored
 
 
+def test_bench_times_continuous_speculative_decoding_against_plain_sampling():
+    report = bench.run(paradigms=["cspd"], preset="smoke", batches=[1, 64], repeats=1, device="cpu")
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == [label for label, _ in bench.CONTINUOUS] and {r["batch"] for r in rows.values()} == {1}
+    assert rows["plain"]["passes"] == 49 and 0 < rows["path g=3"]["passes"] <= 49
+    assert 0 <= rows["path g=3"]["acceptance"] <= 1
+    assert [r["ratio"] for r in report["ratios"]] == ["cspd path g=3 vs plain"]
+
+
 def test_bench_times_mar_with_its_transformer_and_head_passes():
     report = bench.run(paradigms=["token", "mar"], preset="smoke", batches=[2], repeats=1, device="cpu")
     rows = {r["variant"]: r for r in report["rows"] if r["paradigm"] == "mar"}

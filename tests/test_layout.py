@@ -101,5 +101,8 @@ def test_files_read_in_one_sitting():
     lengths = {path.name: len(path.read_text().splitlines()) for path in PACKAGE.glob("*.py")}
     too_long = {name: n for name, n in lengths.items() if n > LONGER.get(name, MAX_LINES)}
     assert too_long == {}
-    assert lengths["bench.py"] <= 280  # the side-by-side runner alone: the roofline kit is in roofline.py
-    assert max(lengths["speculative.py"], lengths["speculative_variants.py"]) <= 400
+    # the side-by-side runner alone (two speculative families since notebook 13): the roofline kit is in roofline.py
+    assert lengths["bench.py"] <= 300
+    assert (
+        max(lengths["speculative.py"], lengths["speculative_variants.py"], lengths["continuous_speculative.py"]) <= 400
+    )

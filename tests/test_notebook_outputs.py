@@ -39,7 +39,7 @@ def markdown(nb):
 
 
 def test_the_notebooks_are_numbered_without_gaps():
-    assert [nb.name[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(13)]
+    assert [nb.name[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(14)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
