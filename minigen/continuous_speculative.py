@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from minigen.diffusion_ar import MAR, DiffusionHead
+from minigen.diffusion_ar import PRESETS as MAR_PRESETS
 from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
 from minigen.sampling import check_sampling_args
 from minigen.speculative import Dice, Trace
@@ -363,37 +364,13 @@ def continuous_speculative_sample(
     return out, {**trace.as_dict(tgt.passes, drf.passes), "residual_tries": tries}
 
 
-CPU = dict(n_layer=4, n_head=4, n_embd=128, head_width=128, head_depth=3)
-PRESETS = {
-    "smoke": dict(
-        config=dict(n_layer=1, n_head=2, n_embd=32, head_width=32, head_depth=1), steps=30, batch_size=32, lr=2e-3
-    ),
-    "cpu": dict(config=CPU, steps=3000, batch_size=32, lr=2e-3, ema=0.998),
-    "gpu": dict(
-        config=dict(n_layer=8, n_head=8, n_embd=256, head_width=256, head_depth=3),
-        steps=12000,
-        batch_size=128,
-        lr=1e-3,
-        ema=0.9995,
-    ),
+PRESETS = MAR_PRESETS  # the target: MAR's sizes and training recipe, on the same tokens
+SIZES = {  # the draft: one thin block and a thin head (`python -m minigen train cmar_draft`)
+    "smoke": dict(n_layer=1, n_head=2, n_embd=16, head_width=16, head_depth=1),
+    "cpu": dict(n_layer=1, n_head=2, n_embd=64, head_width=64, head_depth=1),
+    "gpu": dict(n_layer=2, n_head=4, n_embd=128, head_width=128, head_depth=2),
 }
-# the draft: one thin block and a thin head, on the same tokens (`python -m minigen train cmar_draft`)
 DRAFT_PRESETS = {
-    "smoke": dict(
-        config=dict(n_layer=1, n_head=2, n_embd=16, head_width=16, head_depth=1), steps=30, batch_size=32, lr=2e-3
-    ),
-    "cpu": dict(
-        config=dict(n_layer=1, n_head=2, n_embd=64, head_width=64, head_depth=1),
-        steps=3000,
-        batch_size=32,
-        lr=2e-3,
-        ema=0.998,
-    ),
-    "gpu": dict(
-        config=dict(n_layer=2, n_head=4, n_embd=128, head_width=128, head_depth=2),
-        steps=6000,
-        batch_size=128,
-        lr=1e-3,
-        ema=0.999,
-    ),
+    name: {**recipe, "config": SIZES[name], **({"steps": 6000, "ema": 0.999} if name == "gpu" else {})}
+    for name, recipe in MAR_PRESETS.items()
 }

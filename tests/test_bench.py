@@ -206,7 +206,9 @@ def test_every_paradigm_is_one_table_row_and_run_takes_keywords_only():
     from minigen import metrics, registry
 
     assert set(bench.PARADIGMS) <= set(registry.names()) and bench.Yardstick is metrics.Yardstick  # notebook 09
-    assert set(bench.NOTEBOOK_CHECKPOINTS) == set(bench.PARADIGMS) | {"draft"}
+    family_models = {name for target, draft, _ in bench.FAMILIES.values() for name in (target, draft)}
+    assert set(bench.NOTEBOOK_CHECKPOINTS) == set(bench.PARADIGMS) | family_models
+    assert family_models <= set(registry.names())
     with pytest.raises(TypeError):
         bench.run(["pixelcnn"], "smoke", [1], 1)
     with pytest.raises(ValueError, match="preset"):
