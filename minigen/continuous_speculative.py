@@ -10,18 +10,16 @@ compare their last Gaussian steps) is here too, kept exact, for comparison.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from minigen.diffusion_ar import MAR, DiffusionHead
+from minigen.diffusion_ar import MAR, DiffusionHead, DiffusionHeadConfig
 from minigen.diffusion_ar import PRESETS as MAR_PRESETS
 from minigen.nn import ClassEmbedding, Transformer, TransformerConfig, eval_mode, progress_bar
 from minigen.sampling import check_sampling_args
 from minigen.speculative import Dice, Trace
-from minigen.token_ar import TokenModelConfig
 from minigen.tokenizers import AEConfig, ContinuousAE, OnTokenizer
 
 TOKENIZER = "ae"
@@ -105,12 +103,8 @@ def last_step_mean(head: DiffusionHead, z, z_uncond, cfg_scale: float, steps: in
 
 
 @dataclass
-class CausalMARConfig(TokenModelConfig):
-    tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(AEConfig()))  # the frozen autoencoder's config
-    head_width: int = 128  # width of the MLP denoiser
-    head_depth: int = 3  # AdaLN residual blocks in the denoiser
-    train_diffusion_steps: int = 1000  # steps of the DDPM cosine noise schedule the head trains on
-    head_repeats: int = 4  # noise draws per token and transformer pass during training
+class CausalMARConfig(DiffusionHeadConfig):
+    """MAR's fields without its mask ratio: every token is predicted, each from the tokens before it."""
 
 
 class CausalMAR(OnTokenizer, nn.Module):

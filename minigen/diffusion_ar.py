@@ -160,12 +160,18 @@ class DiffusionHead(nn.Module):
 
 
 @dataclass
-class MARConfig(TokenModelConfig):
+class DiffusionHeadConfig(TokenModelConfig):
+    """The fields of a transformer over continuous tokens with a diffusion head (MAR, notebook 13's causal MAR)."""
+
     tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(AEConfig()))  # the frozen autoencoder's config
     head_width: int = 128  # width of the MLP denoiser
     head_depth: int = 3  # AdaLN residual blocks in the denoiser
     train_diffusion_steps: int = 1000  # steps of the DDPM cosine noise schedule the head trains on
     head_repeats: int = 4  # noise draws per token and transformer pass during training
+
+
+@dataclass
+class MARConfig(DiffusionHeadConfig):
     mask_min: float = 0.7  # training mask ratio ~ normal(1, mask_std) truncated to [mask_min, 1]
     mask_std: float = 0.25
 
