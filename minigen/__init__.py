@@ -13,7 +13,8 @@ Paradigms: pixel_ar (PixelGPT, GatedPixelCNN), tokenizers (VQVAE, MultiScaleVQ, 
 masked_ar (MaskGIT), scale_ar (VAR), diffusion_ar (MAR), flow_ar (FlowAR, XAR), neighbour_ar (NAR), distilled
 (teacher_map, DDStudent, MarginalBaseline), speculative (the exact rule, the Decoder, speculative_sample, the cost
 model), speculative_variants (jacobi_sample, lantern_sample, multi_draft_sample), arnet (ARNet, ClassicAR).
-Decoding speed: roofline (pass timings, the decoding roofline, interleaved timing).
+Decoding speed: roofline (pass timings, the decoding roofline, interleaved timing, the machine's ceilings and the
+roofline plot). Architecture sketches: diagrams (VAR, MAR, one drawn round of speculative decoding).
 """
 
 from minigen import speculative, speculative_variants

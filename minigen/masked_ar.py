@@ -32,6 +32,16 @@ def masked_count(n_tokens: int, step: int, num_iter: int, schedule: str = "cosin
     return int(math.floor(n_tokens * SCHEDULES[schedule]((step + 1) / num_iter) + 1e-9))
 
 
+def masked_schedule(n_tokens: int, num_iter: int, schedule: str = "cosine") -> list[int]:
+    """Tokens still masked after each of num_iter passes that start from n_tokens masked: the schedule's count,
+    but at least one token revealed per pass and none left after the last (what `MaskGIT.sample` decodes)."""
+    counts, before = [], n_tokens
+    for t in range(num_iter):
+        before = 0 if t == num_iter - 1 else max(min(masked_count(n_tokens, t, num_iter, schedule), before - 1), 0)
+        counts.append(before)
+    return counts
+
+
 @dataclass
 class MaskGITConfig(TokenModelConfig):
     tokenizer: dict = field(default_factory=lambda: dataclasses.asdict(VQConfig()))  # the frozen VQ-VAE's config
@@ -117,7 +127,7 @@ class MaskGIT(OnTokenizer, nn.Module):
 
         Each pass samples every masked token (temperature, top-k/p, CFG), scores it by its (unwarped)
         log-probability plus Gumbel noise scaled by choice_temperature * (1 - t/num_iter), keeps the most
-        confident and leaves masked_count(L, t, num_iter) tokens masked (at least one new token per pass).
+        confident and leaves masked_schedule(L, num_iter)[t] tokens masked (at least one new token per pass).
         return_trace=True also returns {"masked": count after each pass, "fixed_at": (n, g, g) pass that
         fixed each token, "tokens": (num_iter, n, g, g) with -1 for masked, "frames", "passes"}.
         """
@@ -135,6 +145,7 @@ class MaskGIT(OnTokenizer, nn.Module):
             tokens = torch.full((n, L), self.mask_id, dtype=torch.long, device=device)  # (n, L)
             fixed_at = torch.full((n, L), -1, dtype=torch.long, device=device)
             masked_counts, snapshots = [], []
+            schedule_counts = masked_schedule(L, num_iter, schedule)  # masked after each pass
             for t in progress_bar(range(num_iter), progress, desc="MaskGIT passes"):
                 masked = tokens == self.mask_id  # (n, L)
                 logits = self(torch.cat([tokens, tokens]) if guided else tokens, labels)  # (rows, L, V)
@@ -149,9 +160,7 @@ class MaskGIT(OnTokenizer, nn.Module):
                     u = torch.rand(n, L, generator=generator, device=generator.device if generator else device)
                     confidence = confidence + anneal * -torch.log(-torch.log(u.to(device).clamp(1e-20, 1 - 1e-7)))
                 confidence = confidence.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
-                still = masked.sum(1, keepdim=True)  # (n, 1), the same in every row
-                keep_masked = 0 if t == num_iter - 1 else min(masked_count(L, t, num_iter, schedule), int(still[0]) - 1)
-                keep_masked = max(keep_masked, 0)
+                keep_masked = schedule_counts[t]  # the same in every row
                 ranks = confidence.argsort(1).argsort(1)  # (n, L): 0 = least confident
                 remask = ranks < keep_masked  # the least confident masked tokens stay masked
                 newly = masked & ~remask  # (n, L)

@@ -347,11 +347,26 @@ def summary_line(name: str, history: dict) -> str:
     return line
 
 
+def training_line(name: str, history: dict, batch_size: int | None = None) -> str:
+    """How long `name` trained, saying whether that happened in this run: e.g. 'token GPT: 3000 steps of batch 32
+    in 320 s when the shipped weights were trained (loaded here, not retrained)'."""
+    steps = history["step"][-1] if history.get("step") else "?"
+    line = f"{name}: {steps} steps" + (f" of batch {batch_size}" if batch_size else "")
+    line += f" in {history.get('seconds', float('nan')):.0f} s"
+    origin = history.get("origin")
+    if origin == "shipped":
+        return line + " when the shipped weights were trained (loaded here, not retrained)"
+    if origin == "checkpoint":
+        return line + " when this checkpoint was trained (loaded here, not retrained)"
+    return line + ", trained in this run"
+
+
 def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
     """Reuse a finished checkpoint at `path` when it matches the model; else the weights minigen ships for the
     file's stem (e.g. "03_token_cpu", see minigen.weights) unless $MINIGEN_TRAIN=1; else train and save to `path`,
     resuming where an interrupted run at `path` stopped (it saves every minute and on Ctrl-C). Returns the training
-    history (the shipped weights carry theirs, thinned), so loss plots work either way."""
+    history (the shipped weights carry theirs, thinned), so loss plots work either way; its "origin" is "shipped" or
+    "checkpoint" when nothing trained in this call (see `training_line`)."""
     path = Path(path)
     device, steps = fit_kwargs.get("device"), fit_kwargs.get("steps", 0)
     partial = None  # an interrupted run of this model: continued, not started over
@@ -364,7 +379,7 @@ def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
             if state["step"] >= steps:
                 load_weights(model, state, prefer_ema=True, path=path)
                 model.to(pick_device(device)).eval()
-                history = state.get("history") or {}
+                history = {**(state.get("history") or {}), "origin": "checkpoint"}
                 if fit_kwargs.get("progress", True) and history.get("loss"):
                     print(summary_line(f"loaded the checkpoint {path.name}", history))
                 return history
@@ -376,7 +391,7 @@ def train_or_load(model: nn.Module, path, data: Iterable, **fit_kwargs) -> dict:
         if history is not None:  # no checkpoint is written to `path`: data/ keeps only what trained here
             model.to(pick_device(device)).eval()
             print(f"using the shipped {describe(path.stem, shipped(path.stem))}; MINIGEN_TRAIN=1 trains from scratch")
-            return history
+            return {**history, "origin": "shipped"}
     writable_folder(path.parent)  # before the training, not after it
     if partial is not None:
         print(f"resuming {path.name} from step {partial} of {steps} (an interrupted run)")

@@ -211,7 +211,7 @@ def show_frames(
     if frames.dim() != 5:
         raise ValueError(f"frames must be (F, N, C, H, W) or (F, C, H, W), got {tuple(frames.shape)}")
     n_frames = frames.shape[0]
-    titles = list(titles) if titles is not None else [f"step {i}" for i in range(n_frames)]
+    titles = list(titles) if titles is not None else [f"frame {i + 1}" for i in range(n_frames)]
     if len(titles) != n_frames:
         raise ValueError(f"{len(titles)} titles for {n_frames} frames")
     pick = np.unique(np.linspace(0, n_frames - 1, min(n_static, n_frames)).round().astype(int))
@@ -236,12 +236,58 @@ def show_frames(
             show_images(frames[i], nrow=nrow, title=titles[i], size=3)
             plt.show()
 
-    # continuous_update=False: redraw when the slider is released, not for every frame a drag passes over
-    slider = widgets.IntSlider(
-        value=n_frames - 1, min=0, max=n_frames - 1, description="frame", continuous_update=False
-    )
-    slider.observe(lambda change: draw(change["new"]), names="value")
+    # numbered from 1 like the titles ("step 1", "1 token"); continuous_update=False: redraw when the slider is
+    # released, not for every frame a drag passes over
+    slider = widgets.IntSlider(value=n_frames, min=1, max=n_frames, description="frame", continuous_update=False)
+    slider.observe(lambda change: draw(change["new"] - 1), names="value")
     draw(n_frames - 1)
     _display_widget(
         widgets.VBox([slider, out]), f"[a slider over all {n_frames} frames: move it in a running notebook]"
     )
+
+
+def label_points(ax, xs, ys, labels, fontsize: float = 7, pad_px: float = 2.0) -> list:
+    """Annotate points (x, y) of `ax` with `labels` so that no two labels overlap and none covers a point: each
+    label takes the first of a ring of offsets around its point whose box is free, else the least covered one.
+    Call it after the layout is final (after tight_layout), since it places labels in display pixels."""
+    if not len(xs) == len(ys) == len(labels):
+        raise ValueError(f"need as many xs, ys and labels, got {len(xs)}, {len(ys)}, {len(labels)}")
+    renderer = ax.figure.canvas.get_renderer()
+    centres = ax.transData.transform(np.column_stack([xs, ys])) if len(xs) else np.zeros((0, 2))
+    taken = [(cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres]  # the markers themselves
+    ring = [
+        (d * dx, d * dy)
+        for d in (5, 14, 26)
+        for dx, dy in ((1, 0.4), (1, -1.6), (-1, 0.4), (-1, -1.6), (0, 1.2), (0, -2.4))
+    ]
+
+    def covered(box) -> float:
+        x0, y0, x1, y1 = box
+        return sum(max(0, min(x1, b[2]) - max(x0, b[0])) * max(0, min(y1, b[3]) - max(y0, b[1])) for b in taken)
+
+    texts = []
+    for i in sorted(range(len(labels)), key=lambda i: -centres[i][1]):  # top to bottom
+        best = None
+        for dx, dy in ring:
+            text = ax.annotate(
+                labels[i],
+                (xs[i], ys[i]),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            )
+            e = text.get_window_extent(renderer)
+            box = (e.x0 - pad_px, e.y0 - pad_px, e.x1 + pad_px, e.y1 + pad_px)
+            cost = covered(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        texts.append(best[1])
+    return texts

@@ -9,6 +9,8 @@ import torch
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
+
 from minigen import registry, viz  # noqa: E402
 from minigen.cli import main, train  # noqa: E402
 
@@ -186,3 +188,21 @@ def test_train_from_python_returns_the_metrics_it_writes(tmp_path):
             train("vq", **{"preset": "smoke", "out": tmp_path / "x", **bad})
     with pytest.raises(ValueError, match="unknown model"):
         train("nope", "smoke", tmp_path / "x")
+
+
+def test_point_labels_do_not_overlap_each_other_even_for_crowded_points():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    xs = [1.0, 1.05, 1.1, 1.0, 3.0, 3.02, 8.0, 8.0]
+    ys = [10.0, 10.5, 10.2, 11.0, 20.0, 20.3, 5.0, 5.1]
+    ax.scatter(xs, ys)
+    ax.set_xscale("log")
+    fig.canvas.draw()
+    texts = viz.label_points(ax, xs, ys, [f"sampler {i}" for i in range(len(xs))])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert len(texts) == len(xs) and len(ax.texts) == len(xs)  # one label each, the tried ones removed
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert overlaps == []
+    with pytest.raises(ValueError, match="as many"):
+        viz.label_points(ax, xs, ys[:2], ["a"])
+    plt.close(fig)

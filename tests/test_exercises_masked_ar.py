@@ -65,6 +65,31 @@ def test_the_worked_solution_passes_and_planted_mistakes_fail():
             pytest.fail(f"the check accepted the planted mistake: {name}")
 
 
+def float32_counts(n_tokens, num_iter):
+    """The schedule right in every rule, computed with float32 tensors: 16 cos(pi/3) = 7.9999995, floor 7."""
+    counts, before = [], n_tokens
+    for t in range(num_iter):
+        r = torch.tensor((t + 1) / num_iter)  # float32
+        after = int(torch.floor(n_tokens * torch.cos(torch.pi / 2 * r)))
+        after = 0 if t == num_iter - 1 else max(min(after, before - 1), 0)
+        counts.append(after)
+        before = after
+    return counts
+
+
+def test_float_rounding_is_named_with_the_step_and_both_values():
+    with pytest.raises(AssertionError) as caught:
+        check_masked_counts(float32_counts)
+    message = str(caught.value)
+    assert "for N=16 tokens and T=3 steps you leave 7 masked after step 1 (0-based), the library leaves 8" in message
+    assert "float rounding" in message and "16 cos(pi/2 * 2/3) is 8 exactly" in message, message
+    assert "float64" in message and "round" in message
+    # a schedule off by one where the exact value is far from an integer is not called rounding
+    with pytest.raises(AssertionError) as caught:
+        check_masked_counts(lambda n, T: counts_with(n, T, rounding=math.ceil))
+    assert "float rounding" not in str(caught.value)
+
+
 def test_the_stub_is_reported_not_raised(capsys):
     def masked_counts(n_tokens, num_iter):
         raise NotImplementedError

@@ -110,3 +110,17 @@ def test_show_source_displays_the_function_as_a_code_block(kernel):
     viz.show_source(summary_line)
     (shown,) = kernel.outputs.values()
     assert shown.startswith("def summary_line(")
+
+
+def test_the_frame_slider_counts_from_one_like_the_titles(kernel, monkeypatch):
+    """Slider position k shows the frame titled k ("step 5" at 5), not the one after it."""
+    pytest.importorskip("ipywidgets")
+    shown, widgets = [], []
+    monkeypatch.setattr(viz, "show_images", lambda images, title=None, **kw: shown.append(title))
+    monkeypatch.setattr(viz, "_display_widget", lambda widget, fallback: widgets.append(widget))
+    viz.show_frames(torch.rand(5, 1, 4, 4), titles=[f"step {t + 1}" for t in range(5)], interactive=True)
+    assert shown[-1] == "step 5"  # the static row, then the slider's first drawing: the last frame
+    slider = widgets[0].children[0]
+    assert (slider.min, slider.max, slider.value) == (1, 5, 5)
+    slider.value = 2
+    assert shown[-1] == "step 2"

@@ -11,7 +11,7 @@ from minigen.data import BinaryPatterns, make_loader
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.registry import load_model_shipped
 from minigen.tokenizers import VQVAE, VQConfig
-from minigen.train import fit, read_checkpoint, save_checkpoint, train_or_load
+from minigen.train import fit, read_checkpoint, save_checkpoint, train_or_load, training_line
 
 STEPS = 8
 
@@ -97,7 +97,10 @@ def test_train_or_load_uses_the_shipped_weights(checkpoints, shipped_dir, no_fit
         line = capsys.readouterr().out
         assert f"using the shipped cpu-preset weights {stem} (trained {STEPS} steps" in line
         assert "on 2 CPU cores" in line and "MINIGEN_TRAIN=1" in line
-        assert history == weights.shipped(stem)["history"] and len(history["loss"]) == STEPS
+        assert history == {**weights.shipped(stem)["history"], "origin": "shipped"} and len(history["loss"]) == STEPS
+        said = training_line("model", history, batch_size=8)
+        assert said.startswith(f"model: {STEPS} steps of batch 8 in ") and "shipped weights" in said
+        assert "not retrained" in said
         assert not (tmp_path / f"{stem}.pt").exists()  # data/ keeps only what trained here
         assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
         reference = make()
@@ -121,13 +124,16 @@ def test_minigen_train_trains_instead(shipped_dir, tmp_path, monkeypatch, capsys
     history = train_or_load(gpt(), tmp_path / "00_gpt_cpu.pt", data(), steps=3, progress=False)
     assert len(history["loss"]) == 3 and "shipped" not in capsys.readouterr().out
     assert (tmp_path / "00_gpt_cpu.pt").exists()
+    assert training_line("gpt", history).endswith(", trained in this run")
 
 
 def test_a_finished_checkpoint_still_comes_first(shipped_dir, tmp_path, capsys):
     ckpt = tmp_path / "00_gpt_cpu.pt"
     fit(gpt(), data(), steps=STEPS, progress=False, checkpoint=ckpt)
     history = train_or_load(gpt(), ckpt, data(), steps=STEPS)
-    assert history == read_checkpoint(ckpt)["history"] and "shipped" not in capsys.readouterr().out
+    assert history == {**read_checkpoint(ckpt)["history"], "origin": "checkpoint"}
+    assert "shipped" not in capsys.readouterr().out
+    assert "when this checkpoint was trained" in training_line("g", history)
 
 
 def damage_file(folder, how):

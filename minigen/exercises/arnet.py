@@ -19,7 +19,7 @@ def library_regulariser(weight: torch.Tensor, c1: float = 3.0, c2: float = 3.0) 
     return value.detach(), grad
 
 
-@checked
+@checked(compares_with=(ARNet.regulariser,))
 def check_regulariser(regulariser):
     """`regulariser(weight, c1=3.0, c2=3.0)` must give the library's R(w) and its gradient: the mean over every
     entry of the weight matrix of 2 / (1 + exp(-c1 |w|^(1/c2))) - 1."""

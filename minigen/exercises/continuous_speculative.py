@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from minigen.continuous_speculative import Proposal, residual_keep_prob
 from minigen.exercises import checked
 
 SLIPS = {
@@ -53,7 +54,7 @@ def _draw(residual_draw, mean_p, mean_q, std, n, seed=0):
     return out.double()
 
 
-@checked
+@checked(compares_with=(Proposal.draw_residual, residual_keep_prob))
 def check_residual_draw(residual_draw):
     """residual_draw(mean_p (N, D), mean_q (N, D), std, generator) returns (N, D) draws from norm(max(0, p - q))."""
     n, bound = 20_000, 1.63 / math.sqrt(20_000) * 1.5  # KS at about the 0.1% level, with margin

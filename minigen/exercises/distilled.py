@@ -43,7 +43,7 @@ SLIPS = {
 }
 
 
-@checked
+@checked(compares_with=(categorical_velocity,))
 def check_token_velocity(token_velocity):
     """token_velocity(x (N, D), t, probs (N, V), codes (V, D)) -> velocity (N, D), equal to
     minigen.distilled.categorical_velocity at early, middle and late times."""

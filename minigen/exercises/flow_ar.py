@@ -84,7 +84,7 @@ def _compare(got, want, velocity, x1, times, method, where):
         raise AssertionError(f"{where}: largest difference from the expected states {err:.3g}")
 
 
-@checked
+@checked(compares_with=(integrate,))
 def check_flow_sample(flow_sample):
     """flow_sample(velocity, x1, times, method) returns the state at times[-1] (a tensor shaped like x1): equal to
     minigen.flow_ar.integrate on even grids, right on uneven ones, with one velocity call per Euler step."""

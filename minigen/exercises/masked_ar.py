@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from minigen.exercises import checked
-from minigen.masked_ar import MaskGIT, masked_count
+from minigen.masked_ar import MaskGIT, masked_count, masked_schedule
 from minigen.tokenizers import VQVAE, VQConfig
 
 STEPS = (1, 2, 3, 4, 5, 8, 12, 16, 32, 49, 64, 100, 256)
@@ -36,7 +38,27 @@ def _sampled_counts(num_iters) -> dict[int, list[int]]:
     return out
 
 
-@checked
+def _float_rounding(n_tokens: int, num_iter: int, got: list[int], want: list[int]) -> str | None:
+    """Say so if `got` is the library's schedule computed in low precision: off by exactly one only at steps where
+    N cos(pi/2 (t+1)/T) is an integer (or within 1e-5 of one), so that float32 lands on the other side of it."""
+    exact = [n_tokens * math.cos(math.pi / 2 * (t + 1) / num_iter) for t in range(num_iter)]
+    differ = [t for t, (a, b) in enumerate(zip(got, want)) if a != b]
+    if not differ or any(abs(got[t] - want[t]) != 1 or abs(exact[t] - round(exact[t])) > 1e-5 for t in differ):
+        return None
+    t = differ[0]
+    angle = torch.tensor(math.pi / 2 * (t + 1) / num_iter, dtype=torch.float32)
+    in_float32 = float(n_tokens * torch.cos(angle))
+    near = "" if abs(exact[t] - round(exact[t])) < 1e-9 else " (to within 1e-5)"
+    return (
+        f"you leave {got[t]} masked after step {t} (0-based), the library leaves {want[t]}: this is float rounding. "
+        f"There N cos(pi/2 (t+1)/T) = {n_tokens} cos(pi/2 * {t + 1}/{num_iter}) is {round(exact[t])} exactly{near}, "
+        f"and your arithmetic put it on the other side before floor (in float32 it comes out as {in_float32:.8g}). "
+        "Compute in Python floats (math.cos) or float64, or round (say to 6 decimals) before floor; the library "
+        "adds 1e-9 before floor"
+    )
+
+
+@checked(compares_with=(masked_schedule, masked_count))
 def check_masked_counts(masked_counts):
     """masked_counts(n_tokens, num_iter) must return the list of tokens still masked after each of the num_iter
     decoding passes, exactly as MaskGIT.sample decodes (cosine schedule, floor, >= 1 new token a pass, 0 at the end)."""
@@ -58,6 +80,9 @@ def check_masked_counts(masked_counts):
             prev = c
         want = library_counts(n, T)
         if got != want:
+            rounding = _float_rounding(n, T, got, want)
+            if rounding:
+                raise AssertionError(f"{where} {rounding}")
             t = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
             raise AssertionError(
                 f"{where} you leave {got[t]} masked after step {t} (0-based), the library leaves {want[t]} "

@@ -55,7 +55,7 @@ def _diagnose(layer, v, h, labels, got) -> str:
     return ""
 
 
-@checked
+@checked(compares_with=(GatedLayer.forward,))
 def check_gated_layer(gated_layer):
     names = ("v_out", "h_out", "skip")
     for i, (in_ch, ch, k, n_classes, first) in enumerate(CASES):

@@ -19,7 +19,7 @@ def _tokenizer(scales, phi_mix: float, seed: int) -> MultiScaleVQ:
     return vq.eval()
 
 
-@checked
+@checked(compares_with=(MultiScaleVQ.quantize,))
 def check_multiscale_quantize(multiscale_quantize):
     """multiscale_quantize(z, codebook, scales, phi, phi_mix) -> (codes per scale, f_hat) must match
     MultiScaleVQ.quantize on random latents, for several scale lists and phi_mix values."""

@@ -52,7 +52,7 @@ def _pair(result):
     raise AssertionError(f"verify must return (accepted, next_token), got {type(result).__name__}")
 
 
-@checked
+@checked(compares_with=(S.verify,))
 def check_verify(verify):
     """verify(p (B, g+1, V), q (B, g, V), drafts (B, g), dice) -> (accepted (B,), next_token (B,)) must agree with
     minigen.speculative.verify for the same random numbers."""
