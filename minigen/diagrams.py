@@ -63,6 +63,17 @@ def _latents(n, rng):
     return plt.get_cmap("viridis")(0.15 + 0.7 * rng.random((n, n)))
 
 
+def _tokenizer_row(ax, y, encoder: str, width: float, n: int, colors, *, gid=None) -> float:
+    """A digit box, an arrow, the encoder, an arrow and the n x n latent grid, bottom at y; returns the grid's x."""
+    mid = y + 0.55
+    _box(ax, 0.3, y, 1.1, 1.1, "digit\n28×28", "white")
+    _arrow(ax, (1.4, mid), (1.8, mid))
+    _box(ax, 1.8, y + 0.2, width, 0.7, encoder, TOKENIZER)
+    _arrow(ax, (1.8 + width, mid), (2.2 + width, mid))
+    _grid(ax, 2.2 + width, y, n, 1.1 / n, colors, gid=gid)
+    return 2.2 + width
+
+
 # --- VAR -----------------------------------------------------------------------------------------------------------
 
 
@@ -74,11 +85,7 @@ def sketch_var(scales=(1, 2, 3, 4, 5, 7)):
     fig, ax = _canvas(13, 9.9, "VAR: next-scale prediction (minigen.scale_ar)")
     # (1) the tokenizer
     ax.text(0.2, 9.2, "1 · multi-scale residual tokenizer (frozen)", fontsize=10, weight="bold", color="0.25")
-    _box(ax, 0.3, 7.5, 1.1, 1.1, "digit\n28×28", "white")
-    _arrow(ax, (1.4, 8.05), (1.8, 8.05))
-    _box(ax, 1.8, 7.7, 1.0, 0.7, "encoder", TOKENIZER)
-    _arrow(ax, (2.8, 8.05), (3.2, 8.05))
-    _grid(ax, 3.2, 7.5, scales[-1], 1.1 / scales[-1], _latents(scales[-1], rng))
+    _tokenizer_row(ax, 7.5, "encoder", 1.0, scales[-1], _latents(scales[-1], rng))
     ax.text(3.75, 7.35, "latent f: 7×7×16", ha="center", va="top", fontsize=8.5)
     x, cell = 4.9, 0.17
     for s in scales:
@@ -169,11 +176,7 @@ def sketch_mar(num_iter: int = 8, shown_pass: int = 4, diffusion_steps: int = 50
     fig, ax = _canvas(13, 9.0, "MAR: masked AR over continuous tokens with a diffusion head (minigen.diffusion_ar)")
     # (1) the tokenizer
     ax.text(0.2, 8.3, "1 · KL autoencoder (frozen): 49 continuous tokens", fontsize=10, weight="bold", color="0.25")
-    _box(ax, 0.3, 6.7, 1.1, 1.1, "digit\n28×28", "white")
-    _arrow(ax, (1.4, 7.25), (1.8, 7.25))
-    _box(ax, 1.8, 6.9, 1.5, 0.7, "KL encoder", TOKENIZER)
-    _arrow(ax, (3.3, 7.25), (3.7, 7.25))
-    _grid(ax, 3.7, 6.7, grid, 1.1 / grid, colours, gid="tokens")
+    _tokenizer_row(ax, 6.7, "KL encoder", 1.5, grid, colours, gid="tokens")
     ax.text(5.0, 7.25, f"{grid}x{grid} = {L} tokens, each a 4-d real vector (unit scale):\nno codebook, so no "
             "softmax can model them; a diffusion head does", va="center", fontsize=9)  # fmt: skip
     # (2) one pass

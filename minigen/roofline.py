@@ -257,27 +257,10 @@ def plot_roofline(points, ceilings, gpu=None, *, params=None, ax=None, title: st
         ax.plot([lo, roof.ridge], [roof.bandwidth * lo, roof.flops], gid=tag + "bandwidth", **style)
         ax.plot([roof.ridge, hi], [roof.flops, roof.flops], gid=tag + "peak", label=roof.label, **style)
         ax.plot([roof.ridge], [roof.flops], "o", mfc="w", mec=style["color"], ms=6, gid=tag + "ridge")
-        ax.annotate(
-            f"{_si(roof.flops, 'FLOP/s')}, ridge {roof.ridge:.3g} FLOP/B",
-            (hi, roof.flops),
-            xytext=(-4, 4),
-            textcoords="offset points",
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            color=style["color"],
-        )
+        note = dict(textcoords="offset points", ha="right", va="bottom", fontsize=8, color=style["color"])
+        ax.annotate(f"{_si(roof.flops, 'FLOP/s')}, ridge {roof.ridge:.3g} FLOP/B", (hi, roof.flops), (-4, 4), **note)
         x = lo * 10  # the bandwidth's label, above and left of a point of its line
-        ax.annotate(
-            _si(roof.bandwidth, "B/s"),
-            (x, roof.bandwidth * x),
-            xytext=(-2, 2),
-            textcoords="offset points",
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            color=style["color"],
-        )
+        ax.annotate(_si(roof.bandwidth, "B/s"), (x, roof.bandwidth * x), (-2, 2), **note)
     labels = list(dict.fromkeys(p.get("label", "") for p in points))
     for k, label in enumerate(labels):
         mine = [p for p in points if p.get("label", "") == label]
