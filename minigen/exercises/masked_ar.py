@@ -15,14 +15,9 @@ CASES = [(n, t) for n in (1, 2, 5, 16, 49, 64, 100, 256) for t in STEPS if t <= 
 
 
 def library_counts(n_tokens: int, num_iter: int) -> list[int]:
-    """What `MaskGIT.sample` leaves masked after each pass (its trace["masked"]), for any number of tokens:
-    the cosine schedule's `masked_count`, at least one new token per pass, none masked after the last."""
-    counts, before = [], n_tokens
-    for t in range(num_iter):
-        after = 0 if t == num_iter - 1 else max(min(masked_count(n_tokens, t, num_iter), before - 1), 0)
-        counts.append(after)
-        before = after
-    return counts
+    """What `MaskGIT.sample` leaves masked after each pass (its trace["masked"]), for any number of tokens: the
+    library's own `masked_schedule` (cosine, at least one new token per pass, none masked after the last)."""
+    return masked_schedule(n_tokens, num_iter)
 
 
 def _sampled_counts(num_iters) -> dict[int, list[int]]:
