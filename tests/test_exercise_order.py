@@ -306,3 +306,15 @@ def test_no_notebook_gives_an_exercise_away_before_it(path):
     for problem in problems:
         print(f"  {problem}")
     assert not problems, f"{path.name} gives an exercise's answer away:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_exercises_link_their_worked_solutions(path):
+    """A learner stuck on an exercise finds the solutions from the exercises themselves, on GitHub, in JupyterLab
+    (rooted at the repository) and on the website: a relative link to an existing solutions notebook."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    exercises = [c for c in cells if "".join(c["source"]).startswith("## Exercises")]
+    assert len(exercises) == 1, f"{path.name}: {len(exercises)} '## Exercises' cells"
+    links = re.findall(r"\]\((\.\./solutions/[^)]+\.ipynb)\)", "".join(exercises[0]["source"]))
+    assert links == [f"../solutions/{path.name}"], f"{path.name}: links {links}"
+    assert (path.parent / links[0]).resolve().is_file(), f"{path.name}: {links[0]} does not exist"
