@@ -237,7 +237,7 @@ def plot_roofline(points, ceilings, gpu=None, *, params=None, ax=None, title: st
     (datasheet Ceilings, one or several, dashed). `points` are roofline.roofline_points(...) dicts, or
     roofline.roofline(...) results with their parameter counts in `params`: {label: result} with
     params={label: P}, or one result with params=P. Circles feed T new positions at batch 1, squares B rows at
-    one position; each series is labelled at its ends. Returns the Figure."""
+    one position; the series' ends are labelled with their size (once for ends of the same size). Returns the Figure."""
     if isinstance(points, dict) and "new" in points:
         points = roofline_points(points, params)
     elif isinstance(points, dict):
@@ -262,6 +262,7 @@ def plot_roofline(points, ceilings, gpu=None, *, params=None, ax=None, title: st
         x = lo * 10  # the bandwidth's label, above and left of a point of its line
         ax.annotate(_si(roof.bandwidth, "B/s"), (x, roof.bandwidth * x), (-2, 2), **note)
     labels = list(dict.fromkeys(p.get("label", "") for p in points))
+    ends = {}  # end label -> (point, series colour index)
     for k, label in enumerate(labels):
         mine = [p for p in points if p.get("label", "") == label]
         for axis, marker in (("new", "o"), ("batch", "s")):
@@ -289,15 +290,18 @@ def plot_roofline(points, ceilings, gpu=None, *, params=None, ax=None, title: st
                 )
                 if axis == "batch" and text == "B=T=1":
                     continue
-                ax.annotate(
-                    text,
-                    (p["intensity"], p["flops"]),
-                    xytext=(-4, 5) if text.startswith("T") else (4, -10),
-                    ha="right" if text.startswith("T") else "left",
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=f"C{k}",
-                )
+                if text not in ends or p["flops"] > ends[text][0]["flops"]:
+                    ends[text] = (p, k)
+    for text, (p, k) in ends.items():  # series that end at the same size share one label, at the highest end
+        ax.annotate(
+            text,
+            (p["intensity"], p["flops"]),
+            xytext=(-4, 5) if text.startswith("T") else (4, -10),
+            ha="right" if text.startswith("T") else "left",
+            textcoords="offset points",
+            fontsize=7,
+            color=f"C{k}",
+        )
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), xlabel="arithmetic intensity (FLOP per byte moved)")
     ax.set_ylabel("attained FLOP/s  (2 P B T / t)")
     ax.grid(alpha=0.3, which="major")

@@ -89,6 +89,9 @@ def test_plot_roofline_draws_both_roofs_the_ridges_and_every_point():
     assert list(batch[1].get_xdata()) == [0.5, 4.0, 32.0]  # B / 2
     texts = {t.get_text() for t in ax.texts}
     assert {"T=16", "B=8", "T=4", "B=64", "B=T=1"} <= texts
+    # both models start at B=T=1: one label, at the higher of the two points (the large model's, 2 P / t = 4e7)
+    (start,) = [t for t in ax.texts if t.get_text() == "B=T=1"]
+    assert start.xy[1] == pytest.approx(2 * 80_000 / 4e-3)
     assert any("ridge 10 FLOP/B" in t for t in texts) and any("TB/s" in t for t in texts)
     plt.close(fig)
 
