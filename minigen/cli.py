@@ -1,4 +1,4 @@
-"""Command line: `python -m minigen train NAME`, `python -m minigen sample CKPT`, `python -m minigen list`,
+"""Command line: `python -m minigen train NAME`, `python -m minigen sample CKPT|SHIPPED`, `python -m minigen list`,
 `python -m minigen weights export CKPT... | list` (the pretrained weights minigen ships, see minigen.weights).
 
 train writes DIR/model.pt (checkpoint), DIR/samples.png and DIR/metrics.json; `train(...)` does the same from
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -27,10 +28,14 @@ from minigen.metrics import bits_per_dim, dataset_nll
 from minigen.registry import load_model
 from minigen.train import device_name, fit, pick_device, seed_everything
 from minigen.train import preset as choose_preset
-from minigen.viz import plot_coefficients, save_images, save_series
+from minigen.viz import image_file, plot_coefficients, save_images, save_series
 
 # `train arnet`: a sparse AR(10) process (lags 1, 3, 10), fitted with the preset's p lags
 TRUE_LAGS = {1: 0.2, 3: 0.3, 10: -0.5}
+DESCRIPTION = (
+    "minigen's command line: train models, sample from checkpoints or shipped weights, list models and weights."
+)
+SCALE = 4  # samples.png shows each pixel as a SCALE x SCALE block: a 28x28 digit is 112 pixels wide, not 28
 
 
 def _sample_labels(model, n: int):
@@ -41,19 +46,6 @@ def _sample_labels(model, n: int):
 def _grid_columns(labels, n: int) -> int:
     """One column per class for conditional samples (labels cycle 0..9), else a square grid."""
     return int(labels.max()) + 1 if labels is not None and n >= 10 else int(math.ceil(math.sqrt(n)))
-
-
-def image_file(path) -> Path:
-    """An output picture path whose format matplotlib writes and whose folder is writable."""
-    path = Path(path)
-    formats = plt.gcf().canvas.get_supported_filetypes()
-    plt.close()
-    if path.suffix.lower().lstrip(".") not in formats:
-        raise ValueError(
-            f"cannot write {path}: the file name must end in one of {', '.join('.' + f for f in sorted(formats))}"
-        )
-    writable_folder(path.parent)
-    return path
 
 
 # --- train --------------------------------------------------------------------------------------------
@@ -191,14 +183,15 @@ def _train_images(
         else:  # continuous tokens
             metrics.update(token_mean=round(report["token_mean"], 4), token_std=round(report["token_std"], 4))
         originals = test_set.images[:n].to(device)
-        save_images(torch.cat([originals, model.reconstruct(originals)]), out / "samples.png", nrow=min(n, 16))
+        pictures = torch.cat([originals, model.reconstruct(originals)])
+        save_images(pictures, out / "samples.png", nrow=min(n, 16), scale=SCALE)
         return metrics
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     labels = _sample_labels(model, n)
     images = model.sample(n, labels, generator=gen)
     metrics["samples_per_second"] = round(n / (time.perf_counter() - t0), 3)
-    save_images(images, out / "samples.png", nrow=_grid_columns(labels, n))
+    save_images(images, out / "samples.png", nrow=_grid_columns(labels, n), scale=SCALE)
     return metrics
 
 
@@ -295,18 +288,8 @@ def _train_series(model: arnet.ARNet, *, steps: int, out: Path, device, seed: in
 
 
 def cmd_train(args) -> dict:
-    return train(
-        args.name,
-        args.preset,
-        args.out,
-        steps=args.steps,
-        device=args.device,
-        seed=args.seed,
-        n=args.n,
-        resume=args.resume,
-        tokenizer=args.tokenizer,
-        precision=args.precision,
-    )
+    options = ("steps", "device", "seed", "n", "resume", "tokenizer", "precision")  # train's keyword arguments
+    return train(args.name, args.preset, args.out, **{name: getattr(args, name) for name in options})
 
 
 def cmd_sample(args):
@@ -316,7 +299,7 @@ def cmd_sample(args):
         raise ValueError(f"--labels gives {len(args.labels)} labels for --n {args.n} samples")
     out = image_file(args.out)  # before sampling, which can take minutes
     seed_everything(args.seed)
-    model = load_model(args.checkpoint, device=args.device)
+    model = registry.load_model_or_shipped(args.checkpoint, device=args.device)
     kind = registry.kind_of(model)
     if kind == "tokenizer":
         raise ValueError(f"{args.checkpoint} holds a tokenizer, which has no sample(); sample from a token model")
@@ -330,9 +313,15 @@ def cmd_sample(args):
     labels = torch.tensor(args.labels) if args.labels else _sample_labels(model, args.n)
     if labels is not None and len(labels) != args.n:
         labels = labels.repeat(math.ceil(args.n / len(labels)))[: args.n]
-    temperature = 1.0 if args.temperature is None else args.temperature
-    images = model.sample(args.n, labels, temperature=temperature, generator=gen, progress=True)
-    save_images(images, out, nrow=_grid_columns(None if args.labels else labels, args.n))
+    # the knobs this model's sample() takes: the distilled student and the causal MAR have no temperature
+    knobs = inspect.signature(model.sample).parameters
+    options = {"generator": gen, **({"progress": True} if "progress" in knobs else {})}
+    if "temperature" in knobs:
+        options["temperature"] = 1.0 if args.temperature is None else args.temperature
+    elif args.temperature is not None:
+        raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, whose sampling has no --temperature")
+    images = model.sample(args.n, labels, **options)
+    save_images(images, out, nrow=_grid_columns(None if args.labels else labels, args.n), scale=SCALE)
     print(f"wrote {args.n} samples to {out}")
 
 
@@ -352,10 +341,22 @@ def cmd_weights(args):
         print(f"no shipped weights in {folder}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minigen", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a model at a preset; writes model.pt, samples.png, metrics.json")
+class _Help(argparse.HelpFormatter):
+    """Every option that takes a value ends its help with its default, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.nargs != 0 and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: train, sample, list and weights (export, list)."""
+    parser = argparse.ArgumentParser(prog="python -m minigen", description=DESCRIPTION, formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    add = lambda group, name, text: group.add_parser(name, help=text, description=text, formatter_class=_Help)
+    p = add(sub, "train", "train a model at a preset; writes model.pt, samples.png, metrics.json")
     p.add_argument(
         "name",
         choices=registry.names() + sorted(registry.ALIASES),
@@ -366,50 +367,65 @@ def main(argv=None):
         "--preset",
         choices=["smoke", "cpu", "gpu"],
         default=None,
-        help="default: smoke if MINIGEN_SMOKE=1, else gpu with CUDA, else cpu",
+        help="model size and schedule (default: smoke if MINIGEN_SMOKE=1, else gpu with CUDA, else cpu)",
     )
-    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    p.add_argument("--out", default=None, help="output folder (default runs/NAME-PRESET)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: detected)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/NAME-PRESET)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],
         default=None,
         help="training precision (default: bf16 on recent CUDA GPUs, fp16 on older ones, else fp32)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initial weights, the data and the samples")
     p.add_argument("--n", type=int, default=64, help="samples drawn for samples.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")
     p.add_argument(
         "--tokenizer",
-        default=None,
         help="tokenizer checkpoint for token models (default: OUT/../vq-PRESET/model.pt, or msvq-/ae- "
         "for var/mar, trained if missing)",
     )
     p.set_defaults(func=cmd_train)
-    s = sub.add_parser("sample", help="draw samples from a checkpoint")
-    s.add_argument("checkpoint")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", default="samples.png")
-    s.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (at most --n; cycled to --n)")
-    s.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1)")
-    s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s = add(sub, "sample", "draw samples from a checkpoint, or from the weights minigen ships; writes a picture")
+    s.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="a checkpoint file (train's OUT/model.pt), or the name of shipped weights, e.g. 03_token_cpu "
+        "(python -m minigen weights list)",
+    )
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--out", default="samples.png", help="the picture to write: PNG, or the format its suffix names")
+    s.add_argument(
+        "--labels", type=int, nargs="*", help="class labels, at most --n, cycled to --n (default: 0-9 in turn)"
+    )
+    s.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the samples")
     s.set_defaults(func=cmd_sample)
-    ls = sub.add_parser("list", help="list the registered models")
+    ls = add(sub, "list", "list the registered models")
     ls.set_defaults(func=lambda a: print("\n".join(registry.names())))
-    w = sub.add_parser("weights", help="the pretrained weights minigen ships: export checkpoints into them, list them")
-    actions = w.add_subparsers(dest="action", required=True)
-    ex = actions.add_parser("export", help="write checkpoints' EMA weights in fp16 and their manifest entries")
-    ex.add_argument("checkpoints", nargs="+", type=Path)
-    ex.add_argument("--trained-on", default=f"{os.cpu_count()} CPU cores", help="default: %(default)s (this machine)")
+    w = add(sub, "weights", "the pretrained weights minigen ships: export checkpoints into them, list them")
+    actions = w.add_subparsers(dest="action", required=True, metavar="ACTION", help="one of:")
+    ex = add(actions, "export", "write checkpoints' EMA weights in fp16 and their manifest entries")
+    ex.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint files to export")
+    ex.add_argument(
+        "--trained-on", default=f"{os.cpu_count()} CPU cores", help="where they trained (default: %(default)s)"
+    )
     ex.add_argument("--unfinished", action="store_true", help="export a run that stopped before its last step")
-    wl = actions.add_parser("list", help="list the shipped weights")
+    wl = add(actions, "list", "list the shipped weights")
     for command in (ex, wl):
-        command.add_argument("--dir", type=Path, default=None, help="default: $MINIGEN_WEIGHTS_DIR or the package's")
+        command.add_argument(
+            "--dir", type=Path, default=None, help="the weights folder (default: $MINIGEN_WEIGHTS_DIR or the package's)"
+        )
         command.set_defaults(func=cmd_weights)
     for command in (p, s, ex):
         command.add_argument("--debug", action="store_true", help="show the full traceback of any error")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -20,13 +20,14 @@ import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn as nn
 
 from minigen.checkpoints import CheckpointError, load_weights, read_checkpoint
 from minigen.data import data_dir
 from minigen.train import pick_device
-from minigen.weights import load_shipped, model_key, shipped
+from minigen.weights import load_shipped, model_key, read_manifest, shipped, weights_dir
 
 KINDS = ("generator", "tokenizer", "series", "student")
 
@@ -94,11 +95,15 @@ def kind(name: str) -> str:
 
 def kind_of(model: nn.Module) -> str:
     """The kind of a model object, found by its class key (as in its checkpoints)."""
-    key = model_key(model)
-    for entry in MODELS.values():
-        if entry.key == key:
-            return entry.kind
-    raise ValueError(f"{key} is not a registered minigen model")
+    kind = kind_of_key(model_key(model))
+    if kind is None:
+        raise ValueError(f"{model_key(model)} is not a registered minigen model")
+    return kind
+
+
+def kind_of_key(key) -> str | None:
+    """The kind of the model a checkpoint's or manifest's key ('module.Class') names; None if it is not registered."""
+    return next((entry.kind for entry in MODELS.values() if entry.key == key), None)
 
 
 def _module(name: str):
@@ -185,6 +190,40 @@ def load_model_shipped(stem: str, device=None) -> nn.Module | None:
     if load_shipped(model, stem) is None:
         return None
     return model.to(pick_device(device)).eval()
+
+
+def load_model_or_shipped(checkpoint, device=None) -> nn.Module:
+    """A generator to sample from (`python -m minigen sample`): the checkpoint file `checkpoint`, else the shipped
+    weights of that name ("03_token_cpu", as `weights list` names them). A shipped file's own path works too: it
+    holds only tensors, its manifest entry the rest. ValueError naming what ships when it is neither."""
+    manifest, path = read_manifest(), Path(checkpoint)
+    if path.is_file() and not (path.stem in manifest and path.resolve().parent == weights_dir().resolve()):
+        try:
+            return load_model(path, device=device)
+        except CheckpointError as err:
+            if path.stem in manifest:  # a copy of a shipped file, away from its manifest
+                hint = f"; if it is a copy of the shipped weights {path.stem}, name them: sample {path.stem}"
+                raise CheckpointError(f"{err}{hint}") from err
+            raise
+    stem = path.stem if path.is_file() else str(checkpoint)
+    kinds = {name: kind_of_key(entry["model"]) for name, entry in sorted(manifest.items())}
+    if stem not in manifest:
+        models = ", ".join(name for name, kind in kinds.items() if kind not in (None, "tokenizer")) or "none"
+        raise ValueError(
+            f"no checkpoint file {checkpoint} and no shipped weights of that name; shipped models that sample: "
+            f"{models} (python -m minigen weights list)"
+        )
+    if kinds[stem] in (None, "tokenizer"):
+        what = (
+            "a tokenizer, which has no sample()"
+            if kinds[stem]
+            else f"a {manifest[stem]['model']}, which does not sample"
+        )
+        raise ValueError(f"the shipped weights {stem} hold {what}; sample from a generator")
+    model = load_model_shipped(stem, device=device)  # None, with the reason printed, if they do not load
+    if model is None:
+        raise ValueError(f"the shipped weights {stem} do not load (the line above says why)")
+    return model
 
 
 def finished_weights(stem: str, steps: int, device=None) -> tuple[nn.Module, str] | None:

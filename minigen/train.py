@@ -33,6 +33,7 @@ from minigen.checkpoints import (
 )
 from minigen.files import writable_folder
 from minigen.nn import eval_mode, progress_bar
+from minigen.threads import THREADS_ENV, use_cpu_threads
 from minigen.weights import describe, load_shipped, mismatch, shipped
 
 PRESETS = ("smoke", "cpu", "gpu")
@@ -47,7 +48,15 @@ DEVICES = "cpu, cuda, cuda:N or mps"  # what pick_device accepts
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """cuda, then mps, then cpu; `device` or $MINIGEN_DEVICE overrides the choice. Anything but cpu, cuda, cuda:N
-    (an index this machine has) or mps is refused with one line, before any work."""
+    (an index this machine has) or mps is refused with one line, before any work. On the CPU (or wherever
+    $MINIGEN_THREADS is set) it also sets torch's thread count, once per process: see minigen.threads."""
+    dev = _device(device)
+    if dev.type == "cpu" or os.environ.get(THREADS_ENV, "").strip():  # a GPU's host threads only when asked
+        use_cpu_threads()
+    return dev
+
+
+def _device(device: str | torch.device | None) -> torch.device:
     choice = device if device is not None else (os.environ.get("MINIGEN_DEVICE") or None)
     if choice is not None:
         where = "" if device is not None else " ($MINIGEN_DEVICE)"
@@ -72,12 +81,13 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def device_name(device: torch.device | str) -> str:
-    """A human-readable device name for the preset line, e.g. 'cuda (NVIDIA H100)'."""
+    """A human-readable device name for the preset line, e.g. 'cuda (NVIDIA H100)', 'cpu (2 cores, 2 threads)'."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
+    if device.type == "cpu":  # the threads too: a time measured with one thread is not one measured with two
+        threads = torch.get_num_threads()
+        return f"cpu ({os.cpu_count()} cores, {threads} thread{'s' if threads > 1 else ''})"
     return device.type
 
 

@@ -6,11 +6,13 @@ renderer). `show_frames` adds an ipywidgets slider when a live Jupyter kernel is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from minigen.files import write_atomically
+from minigen.files import writable_folder, write_atomically
 from minigen.nn import in_jupyter
 
 
@@ -47,9 +49,27 @@ def show_images(
     return ax
 
 
-def save_images(images, path, nrow: int | None = None):
-    """Write a grid of images to a picture file (PNG, or the format the suffix names)."""
+def image_file(path) -> Path:
+    """An output picture path whose format matplotlib writes and whose folder is writable (checked before the work
+    that fills it)."""
+    path = Path(path)
+    formats = plt.gcf().canvas.get_supported_filetypes()
+    plt.close()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(
+            f"cannot write {path}: the file name must end in one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    writable_folder(path.parent)
+    return path
+
+
+def save_images(images, path, nrow: int | None = None, scale: int = 1):
+    """Write a grid of images to a picture file (PNG, or the format the suffix names), each pixel drawn as a
+    `scale` x `scale` block (nearest neighbour: a digit stays sharp, not blurred, when a viewer shows it large)."""
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
     grid = make_grid(images, nrow, pad_value=0.0)
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # (rows*scale, cols*scale[, 3])
     write_atomically(path, lambda tmp: plt.imsave(tmp, grid, cmap="gray_r", vmin=0, vmax=1))
 
 

@@ -1,6 +1,8 @@
+import functools
 import json
 import os
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -9,16 +11,62 @@ import torch
 
 from minigen.raster import RasterGPT
 
-SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
 # the device the device-dependent tests (test_device.py, test_precision.py) run on: the CPU in CI; the device check
 # (tools/device_check.py) sets it to cuda on a lent GPU. MINIGEN_DEVICE is cleared for the tests (see below).
 TEST_DEVICE = torch.device(os.environ.get("MINIGEN_TEST_DEVICE", "cpu"))
 
 
+def committed_text(path) -> str:
+    """The file at `path` as the next commit will hold it: git's staged copy, which is the last commit's unless a
+    change was `git add`ed; the file on disk where git has none (no git, not a checkout, a file not added yet).
+
+    The tests of the notebooks' content and stored outputs check the course as it ships. A learner who ran a
+    notebook in JupyterLab (which saves as it goes: a half-run notebook too) or did its exercises changed only
+    their own copy, and `git checkout notebooks/ solutions/` brings the committed ones back. A maintainer stages a
+    changed notebook (`git add`) to test it; CI's fresh clone has no difference to stage."""
+    path = Path(path).resolve()
+    try:  # ":./NAME": the index's copy of NAME, relative to the folder it is in
+        git = subprocess.run(["git", "show", f":./{path.name}"], cwd=path.parent, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):  # no git
+        return path.read_text(encoding="utf-8")
+    return git.stdout.decode("utf-8") if git.returncode == 0 else path.read_text(encoding="utf-8")
+
+
+@functools.cache
+def _committed_text(path: Path) -> str:  # a notebook is read by several tests: ask git once
+    return committed_text(path)
+
+
+def committed_notebook(path) -> dict:
+    """The notebook at `path` as committed (see committed_text), parsed."""
+    return json.loads(_committed_text(Path(path).resolve()))
+
+
+def pytest_report_header(config):
+    """Name the notebooks whose working copy differs from git's: their tests read git's copy (committed_text)."""
+    try:
+        git = subprocess.run(
+            ["git", "diff", "--name-only", "--", "notebooks/*.ipynb", "solutions/*.ipynb"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    changed = git.stdout.split() if git.returncode == 0 else []
+    if changed:
+        names = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return f"notebooks: the content tests read git's copy of {names}, not the changed file (git add it to test it)"
+    return None
+
+
 def solution_function(notebook: str, name: str):
     """The function `name` as defined in the cell tagged "implement-it" of solutions/<notebook>: tests run the
     very code the solutions show, not a copy of it."""
-    nb = json.loads((SOLUTIONS / notebook).read_text())
+    nb = committed_notebook(SOLUTIONS / notebook)
     cells = [c for c in nb["cells"] if "implement-it" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise LookupError(f"solutions/{notebook} must have exactly one cell tagged implement-it, has {len(cells)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigen import cli
+from minigen import cli, weights
 from minigen.arnet import ARNet, ARNetConfig
 from minigen.pixel_ar import PixelGPT, PixelGPTConfig
 from minigen.train import save_checkpoint
@@ -115,3 +115,24 @@ def test_a_failed_picture_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="could not write .*s.png: the disk is full"):
         viz.save_images(torch.rand(4, 1, 4, 4), tmp_path / "s.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_names_what_ships_when_a_checkpoint_is_neither_a_file_nor_shipped(tmp_path, capsys):
+    out = str(tmp_path / "s.png")
+    assert cli.main(["sample", "03_token", "--out", out]) == 2  # a typo of 03_token_cpu
+    err = capsys.readouterr().err
+    assert "no checkpoint file 03_token and no shipped weights of that name" in err
+    assert "03_token_cpu" in err and "06_mar_cpu" in err and "02_vq_cpu" not in err  # a tokenizer does not sample
+    for name, message in [
+        ("02_vq_cpu", "the shipped weights 02_vq_cpu hold a tokenizer"),
+        ("classifier_mnist-subset", "DigitClassifier, which does not sample"),
+    ]:
+        assert cli.main(["sample", name, "--out", out]) == 2
+        assert message in capsys.readouterr().err
+    copy = tmp_path / "03_token_cpu.pt"  # a shipped file away from its manifest holds only tensors
+    copy.write_bytes((weights.weights_dir() / "03_token_cpu.pt").read_bytes())
+    assert cli.main(["sample", str(copy), "--out", out]) == 2
+    assert "name them: sample 03_token_cpu" in capsys.readouterr().err
+    assert cli.main(["sample", "12_dd_cpu", "--temperature", "0.5", "--out", out]) == 2  # its sample() has none
+    assert "DDStudent, whose sampling has no --temperature" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [copy]

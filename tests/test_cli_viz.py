@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minigen import registry, viz  # noqa: E402
+from minigen import cli, registry, viz, weights  # noqa: E402
 from minigen.cli import main, train  # noqa: E402
 
 
@@ -206,3 +207,58 @@ def test_point_labels_do_not_overlap_each_other_even_for_crowded_points():
     with pytest.raises(ValueError, match="as many"):
         viz.label_points(ax, xs, ys[:2], ["a"])
     plt.close(fig)
+
+
+def test_sample_draws_from_shipped_weights_by_name_or_by_their_file_in_sharp_large_pixels(tmp_path):
+    by_name, by_file = tmp_path / "name.png", tmp_path / "file.png"
+    assert main(["sample", "03_token_cpu", "--n", "12", "--out", str(by_name)]) == 0  # as `weights list` names it
+    assert main(["sample", str(weights.weights_dir() / "03_token_cpu.pt"), "--n", "12", "--out", str(by_file)]) == 0
+    picture = plt.imread(by_name)
+    assert (picture == plt.imread(by_file)).all()  # the same weights, the same seed
+    # 12 digits of 28x28 in 10 columns (one per class), 1-pixel gaps, every pixel a block of SCALE x SCALE
+    s = cli.SCALE
+    assert s >= 4 and picture.shape[:2] == (s * (2 * 29 + 1), s * (10 * 29 + 1))
+    assert (picture == picture[::s, ::s].repeat(s, axis=0).repeat(s, axis=1)).all()  # nearest neighbour, not blurred
+    assert len(set(picture[..., 0].ravel().tolist())) > 2  # grey levels: a sampled picture, not a blank one
+    with pytest.raises(ValueError, match="scale must be a positive integer"):
+        viz.save_images(torch.rand(2, 1, 4, 4), tmp_path / "x.png", scale=0)
+
+
+def help_text(*command, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def help_entries(text: str) -> list[tuple[str, str]]:
+    """(invocation, help) of every argument listed in an argparse --help text, continuation lines joined."""
+    entries, listing = [], False
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):  # "options:", "positional arguments:"
+            listing = True
+        elif not line.strip():
+            listing = False
+        elif listing and re.match(r"^  \S", line):  # an argument: its invocation, then (2+ spaces) its help
+            invocation, _, rest = line.strip().partition("  ")
+            entries.append([invocation, rest.strip()])
+        elif listing and entries:
+            entries[-1][1] = f"{entries[-1][1]} {line.strip()}".strip()
+    return [tuple(entry) for entry in entries]
+
+
+def test_every_argument_of_every_command_has_help_and_shows_its_default(capsys):
+    top = help_text(capsys=capsys)
+    description = top.split("\n\n")[1]  # after the usage line
+    assert description.rstrip().endswith(".") and "," not in description.rstrip()[-2:], description
+    commands = [("train",), ("sample",), ("list",), ("weights",), ("weights", "export"), ("weights", "list")]
+    for command in commands:
+        entries = help_entries(help_text(*command, capsys=capsys))
+        assert entries, command
+        for invocation, text in entries:
+            assert text, f"{' '.join(command)}: {invocation} has no help"
+            takes_a_value = invocation.startswith("--") and " " in invocation  # "--n N", not a flag like "--debug"
+            if takes_a_value:
+                assert "default" in text, f"{' '.join(command)}: {invocation} does not say its default: {text}"
+    sample = dict(help_entries(help_text("sample", capsys=capsys)))
+    assert "03_token_cpu" in sample["CHECKPOINT"] and sample["--n N"].endswith("(default: 64)")

@@ -13,13 +13,13 @@ import ast
 import difflib
 import importlib
 import inspect
-import json
 import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import committed_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 RUN = 3  # consecutive lines of a compared function's body that make a copy
@@ -40,7 +40,7 @@ class Exercise:
 
 def code_cells(path: Path) -> list[tuple[int, str]]:
     """(index among all cells, source) of every code cell of the notebook at `path`."""
-    cells = json.loads(path.read_text())["cells"]
+    cells = committed_notebook(path)["cells"]  # as committed: not a learner's answers (conftest.committed_text)
     return [(i, "".join(c["source"])) for i, c in enumerate(cells) if c["cell_type"] == "code"]
 
 
@@ -312,7 +312,7 @@ def test_no_notebook_gives_an_exercise_away_before_it(path):
 def test_the_exercises_link_their_worked_solutions(path):
     """A learner stuck on an exercise finds the solutions from the exercises themselves, on GitHub, in JupyterLab
     (rooted at the repository) and on the website: a relative link to an existing solutions notebook."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    cells = [c for c in committed_notebook(path)["cells"] if c["cell_type"] == "markdown"]
     exercises = [c for c in cells if "".join(c["source"]).startswith("## Exercises")]
     assert len(exercises) == 1, f"{path.name}: {len(exercises)} '## Exercises' cells"
     links = re.findall(r"\]\((\.\./solutions/[^)]+\.ipynb)\)", "".join(exercises[0]["source"]))
