@@ -30,7 +30,7 @@ from minigen.token_ar import TokenGPT, TokenGPTConfig
 from minigen.tokenizers import VQVAE, VQConfig
 from minigen.train import fit, pick_device, preset, save_checkpoint, seed_everything, train_or_load
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the package version too (pyproject.toml reads it from here)
 __all__ = [
     "BinaryPatterns",
     "load_images",
