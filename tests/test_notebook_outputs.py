@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PARADIGMS = [nb for nb in NOTEBOOKS if int(nb.name[:2]) not in (0, 9, 10)]  # 09, 10: comparison, speed
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
-# the worked solutions that store a real run's outputs, so that the exercises asking for a measurement are
-# answered on the page (every solutions notebook also runs in CI in the smoke preset)
-SOLVED_AND_RUN = [p for p in SOLUTIONS if p.name[:2] not in {"04", "09"}]
+# every worked solution stores a real run's outputs, so that the exercises asking for a measurement are answered
+# on the page (and each also runs in CI in the smoke preset)
+SOLVED_AND_RUN = SOLUTIONS
 STORED = NOTEBOOKS + SOLVED_AND_RUN
 
 
