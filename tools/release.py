@@ -126,9 +126,13 @@ def dump(nb: dict) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
+def is_stamp(cell: dict) -> bool:
+    return cell.get("metadata", {}).get("minigen") == MARK["minigen"]
+
+
 def unstamp_notebook(text: str, name: str) -> str:
     nb = load(text, name)
-    nb["cells"] = [c for c in nb["cells"] if c.get("metadata", {}).get("minigen") != "stamp"]
+    nb["cells"] = [c for c in nb["cells"] if not is_stamp(c)]
     return dump(nb)
 
 
@@ -158,7 +162,7 @@ def stamp_of(name: str, text: str) -> tuple[str, str] | None:
     """(url, tag) of the stamp file `name` carries, read from its stamped cells or README's badge block: None where
     it carries none, ("?", "?") where it cannot be read."""
     if name.endswith(".ipynb"):
-        cells = [c for c in load(text, name)["cells"] if c.get("metadata", {}).get("minigen") == "stamp"]
+        cells = [c for c in load(text, name)["cells"] if is_stamp(c)]
         stamp = "".join("".join(c["source"]) for c in cells) if cells else None
     else:
         block = re.search(rf"{re.escape(README_BEGIN)}\n(.*?){re.escape(README_END)}", text, re.S)

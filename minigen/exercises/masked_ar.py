@@ -14,12 +14,6 @@ STEPS = (1, 2, 3, 4, 5, 8, 12, 16, 32, 49, 64, 100, 256)
 CASES = [(n, t) for n in (1, 2, 5, 16, 49, 64, 100, 256) for t in STEPS if t <= n]  # (N tokens, T passes)
 
 
-def library_counts(n_tokens: int, num_iter: int) -> list[int]:
-    """What `MaskGIT.sample` leaves masked after each pass (its trace["masked"]), for any number of tokens: the
-    library's own `masked_schedule` (cosine, at least one new token per pass, none masked after the last)."""
-    return masked_schedule(n_tokens, num_iter)
-
-
 def _sampled_counts(num_iters) -> dict[int, list[int]]:
     """trace["masked"] of the library's sampler itself, on a tiny untrained MaskGIT over 7 x 7 = 49 tokens."""
     torch.manual_seed(0)
@@ -59,7 +53,7 @@ def check_masked_counts(masked_counts):
     decoding passes, exactly as MaskGIT.sample decodes (cosine schedule, floor, >= 1 new token a pass, 0 at the end)."""
     sampled = _sampled_counts((1, 2, 8, 12, 49))
     for T, counts in sampled.items():  # the reference is the sampler's own behaviour at N = 49
-        assert library_counts(49, T) == counts, "internal: the check's reference disagrees with MaskGIT.sample"
+        assert masked_schedule(49, T) == counts, "internal: the check's reference disagrees with MaskGIT.sample"
     for n, T in CASES:
         got = masked_counts(n, T)
         where = f"for N={n} tokens and T={T} steps"
@@ -73,7 +67,7 @@ def check_masked_counts(masked_counts):
                 "at least one"
             )
             prev = c
-        want = library_counts(n, T)
+        want = masked_schedule(n, T)
         if got != want:
             rounding = _float_rounding(n, T, got, want)
             if rounding:
